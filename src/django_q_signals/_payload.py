@@ -1,0 +1,188 @@
+"""What a queued call carries, and how a worker turns it back into arguments.
+
+The signal side turns every argument into something small and picklable and
+pickles the lot at once, so that what is queued is what the signal sent at
+that moment, whatever happens to the objects afterwards:
+
+- a saved model instance becomes its label, pk and database alias, and the
+  worker loads the row again;
+- a model class becomes its label;
+- a QuerySet becomes None (pickling it would run the query);
+- an unsaved instance, or any instance when the receiver takes snapshots,
+  is pickled as it is;
+- everything else is pickled as it is, and dropped with a warning if it
+  cannot be.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from typing import Any, NamedTuple
+
+from django.apps import apps
+from django.db import DEFAULT_DB_ALIAS, router
+from django.db.models import Model
+from django.db.models.base import ModelBase
+from django.db.models.query import QuerySet
+from django.dispatch import Signal
+
+from django_q_signals._receivers import Receiver, get_receiver
+
+logger = logging.getLogger("django_q_signals")
+
+# Bumped whenever the layout below changes, so a worker running another
+# version refuses a payload instead of misreading it.
+FORMAT = 1
+
+
+class Row(NamedTuple):
+    """A saved model instance, loaded again by the worker."""
+
+    label: str
+    pk: Any
+    db: str | None
+
+    def __str__(self) -> str:
+        return f"{self.label} pk={self.pk!r}"
+
+
+class ModelClass(NamedTuple):
+    label: str
+
+
+class Call:
+    """One signal, as a receiver queues it."""
+
+    __slots__ = ("alias", "arguments", "payload", "receiver")
+
+    def __init__(
+        self, receiver: Receiver, payload: bytes, alias: str, arguments: dict[str, Any]
+    ) -> None:
+        self.receiver = receiver
+        self.payload = payload
+        self.alias = alias
+        self.arguments = arguments
+
+    def __str__(self) -> str:
+        rows = ", ".join(
+            f"{name}=<{value}>"
+            for name, value in self.arguments.items()
+            if isinstance(value, Row)
+        )
+        return f"{self.receiver.key}({rows})"
+
+
+def encode_call(
+    receiver: Receiver, signal: Signal, sender: Any, kwargs: dict[str, Any]
+) -> Call | None:
+    snapshot = receiver.snapshot
+    arguments = {name: _encode(value, snapshot) for name, value in kwargs.items()}
+    alias = kwargs.get("using")
+    if not isinstance(alias, str):
+        alias = next(
+            (v.db for v in arguments.values() if isinstance(v, Row) and v.db),
+            DEFAULT_DB_ALIAS,
+        )
+    sender = _encode(sender, snapshot)
+    signal_index = receiver.signals.index(signal)
+    data = [FORMAT, receiver.key, receiver.module, signal_index, sender, arguments]
+    try:
+        payload = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        # Rare: find what cannot be pickled, drop it and say so.
+        data[4] = _picklable_or(receiver, "sender", sender, None)
+        for name in list(arguments):
+            if _picklable_or(receiver, name, arguments[name], _DROP) is _DROP:
+                del arguments[name]
+        try:
+            payload = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            logger.exception("Could not pickle a call to %s; it is not queued", receiver)
+            return None
+    return Call(receiver, payload, alias, arguments)
+
+
+def decode_call(payload: bytes) -> tuple[Receiver, Signal, Any, dict[str, Any]]:
+    """Rebuild ``(receiver, signal, sender, kwargs)`` in the worker."""
+    try:
+        data = pickle.loads(payload)
+        version, key, module, signal_index, sender, arguments = data
+    except Exception as exc:
+        raise ValueError(f"Not a django-q-signals payload: {exc}") from exc
+    if version != FORMAT:
+        raise ValueError(
+            f"Payload format {version!r} is not {FORMAT}: was it queued by another "
+            "version of django-q-signals?"
+        )
+    receiver = get_receiver(key, module)
+    if receiver is None:
+        raise LookupError(
+            f"No async receiver {key!r} in this worker. Is the module that "
+            "defines it imported when Django starts (for example from an "
+            "AppConfig.ready())?"
+        )
+    kwargs = {}
+    for name, value in arguments.items():
+        kwargs[name] = _decode(receiver, name, value)
+        if kwargs[name] is None and isinstance(value, Row):
+            kwargs[f"_{name}_pk"] = value.pk
+    return receiver, receiver.signals[signal_index], _decode(receiver, "", sender), kwargs
+
+
+_DROP = object()
+
+
+def _encode(value: Any, snapshot: bool) -> Any:
+    if isinstance(value, Model):
+        pk = value.pk
+        if snapshot or pk is None or (type(pk) is tuple and None in pk):
+            return value
+        return Row(value._meta.label, pk, value._state.db)
+    if isinstance(value, ModelBase):
+        return ModelClass(value._meta.label)
+    if isinstance(value, QuerySet):
+        return None
+    return value
+
+
+def _picklable_or(receiver: Receiver, name: str, value: Any, default: Any) -> Any:
+    try:
+        pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        receiver.warn_once(
+            name,
+            "%s: %r cannot be pickled (%s: %s), so it is not passed to the "
+            "worker; the handler will get %s.",
+            receiver.key,
+            name,
+            type(exc).__name__,
+            exc,
+            "sender=None" if name == "sender" else f"no {name!r}",
+        )
+        return default
+    return value
+
+
+def _decode(receiver: Receiver, name: str, value: Any) -> Any:
+    if isinstance(value, Row):
+        model = apps.get_model(value.label)
+        db = value.db or router.db_for_read(model)
+        queryset = model._base_manager.using(db).all()
+        if name == "instance":
+            queryset = receiver.reload_queryset(queryset)
+        try:
+            return queryset.get(pk=value.pk)
+        except model.DoesNotExist:
+            logger.info(
+                "%s: %s <%s> no longer exists in %r; the handler gets %s=None",
+                receiver.key,
+                name,
+                value,
+                db,
+                name,
+            )
+            return None
+    if isinstance(value, ModelClass):
+        return apps.get_model(value.label)
+    return value

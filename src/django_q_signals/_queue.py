@@ -1,0 +1,192 @@
+"""Putting calls on the Django Q2 broker: at once, or when the transaction commits.
+
+Calls deferred to a commit are sent together: Django Q2 builds and signs each
+task as usual, then all of one commit's tasks for a broker go over in one
+write (one ``bulk_create`` for the ORM broker, one ``RPUSH`` for Redis).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from django.db import transaction
+from django.utils import timezone
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django_q.brokers import Broker
+
+    from django_q_signals._payload import Call
+
+logger = logging.getLogger("django_q_signals")
+
+#: The task every queued call runs in the worker.
+TASK = "django_q_signals.worker.run_receiver"
+
+
+def queue_call(call: Call) -> None:
+    if not call.receiver.on_commit:
+        send([call], raise_errors=True)
+        return
+    connection = transaction.get_connection(call.alias)
+    if connection.in_atomic_block:
+        _defer(connection, call)
+    else:
+        send([call])
+
+
+def send(calls: list[Call], *, raise_errors: bool = False) -> None:
+    """Put ``calls`` on their brokers, one write per broker.
+
+    Unless ``raise_errors``, a failure is logged with every call it concerns
+    and not raised: the caller's transaction has already committed.
+    """
+    from django_q.conf import Conf
+    from django_q.tasks import async_task
+
+    writes: dict[Any, list[tuple[Call, str]]] = {}
+    for call in calls:
+        options = dict(call.receiver.q_options)
+        destination = options.pop("broker", None) or options.get("cluster")
+        collector = _Collector()
+        options["broker"] = collector
+        if options.get("sync", Conf.SYNC):
+            # Django Q2 runs the task here and now; let the handler's errors
+            # reach the caller, as Django Q2 does.
+            async_task(TASK, call.payload, q_options=options)
+            continue
+        try:
+            async_task(TASK, call.payload, q_options=options)
+        except Exception:
+            if raise_errors:
+                raise
+            logger.exception("Could not queue %s", call)
+            continue
+        writes.setdefault(destination, []).append((call, collector.pack))
+    for destination, items in writes.items():
+        try:
+            _write(destination, [pack for _, pack in items])
+        except Exception:
+            if raise_errors:
+                raise
+            logger.exception(
+                "Could not queue %d call(s), they are lost: %s",
+                len(items),
+                "; ".join(str(call) for call, _ in items),
+            )
+        else:
+            logger.debug("Queued %s", ", ".join(str(call) for call, _ in items))
+
+
+class _Collector:
+    """Stands in for the broker so Django Q2 builds the task but we send it."""
+
+    list_key = "django_q_signals"
+
+    def __init__(self) -> None:
+        self.pack = ""
+
+    def enqueue(self, pack: str) -> None:
+        self.pack = pack
+
+
+def _write(destination: Any, packs: list[str]) -> None:
+    from django_q.conf import Conf
+
+    if destination is not None and not isinstance(destination, str):
+        for pack in packs:
+            destination.enqueue(pack)
+        return
+    key = destination or Conf.CLUSTER_NAME
+    if Conf.ORM and not (Conf.BROKER_CLASS or Conf.IRON_MQ or Conf.SQS):
+        # Written directly rather than through the ORM broker, which closes
+        # idle connections (and with them other aliases' open transactions)
+        # each time it is created or enqueues.
+        from django_q.models import OrmQ
+
+        now = timezone.now()
+        OrmQ.objects.using(Conf.ORM).bulk_create(
+            [OrmQ(key=key, payload=pack, lock=now) for pack in packs]
+        )
+        return
+    broker = _broker(key)
+    redis_broker = sys.modules.get("django_q.brokers.redis_broker")
+    if redis_broker is not None and isinstance(broker, redis_broker.Redis):
+        broker.connection.rpush(broker.list_key, *packs)
+    else:
+        for pack in packs:
+            broker.enqueue(pack)
+
+
+_brokers: dict[str, Broker] = {}
+
+
+def _broker(key: str) -> Broker:
+    """A broker per queue, kept: creating one opens a new connection pool."""
+    broker = _brokers.get(key)
+    if broker is None:
+        from django_q.brokers import get_broker
+
+        broker = _brokers[key] = get_broker(key)
+    return broker
+
+
+# Deferring to the commit. Each call is its own on_commit callback, so Django
+# drops it exactly when it drops the savepoint the signal fired in. The
+# callbacks hand their calls to the connection's buffer; the last one
+# registered sends them all. Django never drops a callback registered outside
+# every savepoint, so when a call is deferred inside one, a sending callback
+# with no savepoint follows it.
+
+
+class _Buffer:
+    __slots__ = ("__weakref__", "generation", "ready")
+
+    def __init__(self) -> None:
+        self.ready: list[Call] = []
+        self.generation = 0
+
+
+class _Send:
+    __slots__ = ("buffer", "generation")
+
+    def __init__(self, buffer: _Buffer) -> None:
+        buffer.generation += 1
+        self.buffer = buffer
+        self.generation = buffer.generation
+
+    def __call__(self) -> None:
+        buffer = self.buffer
+        if self.generation == buffer.generation:
+            calls, buffer.ready = buffer.ready, []
+            send(calls)
+
+
+class _Deferred(_Send):
+    __slots__ = ("call",)
+
+    def __init__(self, buffer: _Buffer, call: Call) -> None:
+        super().__init__(buffer)
+        self.call = call
+
+    def __call__(self) -> None:
+        self.buffer.ready.append(self.call)
+        super().__call__()
+
+
+_buffers: weakref.WeakKeyDictionary[BaseDatabaseWrapper, _Buffer] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _defer(connection: BaseDatabaseWrapper, call: Call) -> None:
+    buffer = _buffers.get(connection)
+    if buffer is None:
+        buffer = _buffers[connection] = _Buffer()
+    connection.on_commit(_Deferred(buffer, call))
+    if connection.savepoint_ids:
+        # Django's own captureOnCommitCallbacks reads this list too.
+        connection.run_on_commit.append((set(), _Send(buffer), False))

@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+from django.core import checks
+
+
+class DjangoQSignalsConfig(AppConfig):
+    name = "django_q_signals"
+    verbose_name = "Django Q signals"
+
+    def ready(self) -> None:
+        from django_q_signals import checks as signal_checks
+
+        checks.register(signal_checks.check_django_q_installed)
+        checks.register(signal_checks.check_q_cluster)
+        checks.register(signal_checks.check_receivers_importable)

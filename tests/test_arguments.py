@@ -1,0 +1,390 @@
+"""What a handler receives in the worker: SPEC section 3, row by row."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.db import transaction
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
+from django.dispatch import Signal
+
+from tests.conftest import Connect, queued_tasks, run_queued
+from tests.models import Article, Author, Hideable, Membership, Tag, Token
+
+# Real commits: every signal is queued the way it is in production.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+custom = Signal()
+
+
+def test_instance_is_reloaded_from_the_database(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(post_save, sender=Article)
+    def handler(instance: Article, **kwargs: Any) -> None:
+        received.append(instance)
+
+    article = Article.objects.create(title="draft")
+    Article.objects.filter(pk=article.pk).update(title="published")
+    run_queued()
+
+    assert received[0] is not article
+    assert received[0].pk == article.pk
+    assert received[0].title == "published"
+
+
+def test_post_save_kwargs_arrive(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(post_save, sender=Article)
+    def handler(**kwargs: Any) -> None:
+        received.append(kwargs)
+
+    article = Article.objects.create(title="a")
+    article.save(update_fields=["title"])
+    run_queued()
+
+    assert [k["created"] for k in received] == [True, False]
+    assert received[0]["update_fields"] is None
+    assert received[1]["update_fields"] == frozenset({"title"})
+    assert type(received[1]["update_fields"]) is frozenset
+    assert received[1]["signal"] is post_save
+    assert received[1]["sender"] is Article
+    assert received[1]["raw"] is False
+    assert received[1]["using"] == "default"
+
+
+def test_instances_in_any_kwarg_are_reloaded(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(custom)
+    def handler(author: Author, article: Article, **kwargs: Any) -> None:
+        received.append((author, article))
+
+    author = Author.objects.create(name="Ada")
+    article = Article.objects.create(title="On engines", author=author)
+    custom.send(sender=None, author=author, article=article)
+    Author.objects.filter(pk=author.pk).update(name="Ada Lovelace")
+    run_queued()
+
+    [(got_author, got_article)] = received
+    assert got_author.name == "Ada Lovelace"
+    assert got_article.title == "On engines"
+
+
+def test_reload_uses_the_base_manager(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(post_save, sender=Hideable)
+    def handler(instance: Hideable, **kwargs: Any) -> None:
+        received.append(instance)
+
+    hidden = Hideable.objects.create(hidden=True)
+    run_queued()
+
+    assert received[0] is not None
+    assert received[0].pk == hidden.pk
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_reload_uses_the_alias_the_instance_came_from(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(post_save, sender=Tag)
+    def handler(instance: Tag, using: str, **kwargs: Any) -> None:
+        received.append((instance, using, instance._state.db))
+
+    Tag.objects.using("other").create(pk=7, name="on other")
+    Tag.objects.using("default").create(pk=7, name="on default")
+    run_queued()
+
+    assert [(t.name, using, db) for t, using, db in received] == [
+        ("on other", "other", "other"),
+        ("on default", "default", "default"),
+    ]
+
+
+def test_uuid_primary_key(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(post_save, sender=Token)
+    def handler(instance: Token, **kwargs: Any) -> None:
+        received.append(instance)
+
+    token = Token.objects.create(label="key")
+    run_queued()
+
+    assert received[0].pk == token.pk
+    assert isinstance(received[0].pk, uuid.UUID)
+
+
+def test_composite_primary_key(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(post_save, sender=Membership)
+    def handler(instance: Membership, **kwargs: Any) -> None:
+        received.append(instance)
+
+    Membership.objects.create(team="core", person="ada", role="lead")
+    run_queued()
+
+    assert received[0].pk == ("core", "ada")
+    assert received[0].role == "lead"
+
+
+def test_row_gone_gives_none_and_the_pk(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(post_save, sender=Article)
+    def handler(**kwargs: Any) -> None:
+        received.append(kwargs)
+
+    article = Article.objects.create(title="short-lived")
+    pk = article.pk
+    article.delete()
+    run_queued()
+
+    assert received[0]["instance"] is None
+    assert received[0]["_instance_pk"] == pk
+
+
+def test_any_kwarg_gone_gives_its_own_pk(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        received.append(kwargs)
+
+    author = Author.objects.create(name="gone")
+    custom.send(sender=None, user=author)
+    Author.objects.all().delete()
+    run_queued()
+
+    assert received[0]["user"] is None
+    assert received[0]["_user_pk"] == author.pk
+
+
+def test_deleted_instance_pk_is_captured_when_the_signal_fires(
+    connect: Connect[Any], django_capture_on_commit_callbacks: Any
+) -> None:
+    received = []
+
+    @connect(post_delete, sender=Article)
+    def handler(**kwargs: Any) -> None:
+        received.append(kwargs)
+
+    article = Article.objects.create(title="doomed")
+    pk = article.pk
+    with django_capture_on_commit_callbacks(execute=True):
+        with transaction.atomic():
+            article.delete()
+    assert article.pk is None
+    run_queued()
+
+    assert received[0]["instance"] is None
+    assert received[0]["_instance_pk"] == pk
+
+
+def test_unsaved_instance_arrives_as_it_was(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(pre_save, sender=Article)
+    def handler(instance: Article, **kwargs: Any) -> None:
+        received.append(instance)
+
+    Article.objects.create(title="new")
+    run_queued()
+
+    assert received[0].pk is None
+    assert received[0].title == "new"
+    assert received[0]._state.adding is True
+
+
+def test_snapshot_passes_the_instance_as_it_was(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(post_save, sender=Article, snapshot=True)
+    def handler(instance: Article, **kwargs: Any) -> None:
+        received.append(instance)
+
+    article = Article.objects.create(title="first")
+    article.title = "changed in memory"
+    Article.objects.filter(pk=article.pk).update(title="changed in the database")
+    run_queued()
+
+    assert received[0].pk == article.pk
+    assert received[0].title == "first"
+
+
+def test_m2m_changed_keeps_pk_set_and_model(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(m2m_changed, sender=Article.tags.through)
+    def handler(**kwargs: Any) -> None:
+        received.append(kwargs)
+
+    article = Article.objects.create(title="tagged")
+    tags = [Tag.objects.create(name=n) for n in ("a", "b")]
+    run_queued()
+    article.tags.add(*tags)
+    run_queued()
+
+    pre, post = received
+    assert (pre["action"], post["action"]) == ("pre_add", "post_add")
+    assert post["pk_set"] == {t.pk for t in tags}
+    assert type(post["pk_set"]) is set
+    assert post["model"] is Tag
+    assert post["sender"] is Article.tags.through
+    assert post["instance"].title == "tagged"
+    assert post["reverse"] is False
+
+
+def test_plain_values_keep_their_type_and_value(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        received.append(kwargs)
+
+    values = {
+        "a_set": {1, 2},
+        "a_frozenset": frozenset({"x"}),
+        "a_tuple": (1, "two"),
+        "a_list": [1, [2]],
+        "a_dict": {"k": [1]},
+        "a_str": "text",
+        "an_int": 3,
+        "a_float": 1.5,
+        "a_bool": True,
+        "a_none": None,
+        "a_datetime": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+        "a_date": datetime.date(2026, 1, 2),
+        "a_decimal": decimal.Decimal("12.30"),
+        "a_uuid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    }
+    custom.send(sender=None, **values)
+    run_queued()
+
+    got = {k: v for k, v in received[0].items() if k not in ("signal", "sender")}
+    assert got == values
+    assert {k: type(v) for k, v in got.items()} == {
+        k: type(v) for k, v in values.items()
+    }
+    assert str(got["a_decimal"]) == "12.30"
+
+
+def test_queryset_arrives_as_none(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(post_delete, sender=Article)
+    def handler(**kwargs: Any) -> None:
+        received.append(kwargs)
+
+    Article.objects.create(title="x")
+    Article.objects.all().delete()
+    run_queued()
+
+    assert "origin" in received[0]
+    assert received[0]["origin"] is None
+
+
+def test_unpicklable_kwarg_is_dropped_with_one_warning(
+    connect: Connect[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    received = []
+
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        received.append(kwargs)
+
+    custom.send(sender=None, lock=threading.Lock(), kept=1)
+    custom.send(sender=None, lock=threading.Lock(), kept=2)
+    run_queued()
+
+    assert [sorted(k) for k in received] == [["kept", "sender", "signal"]] * 2
+    assert [k["kept"] for k in received] == [1, 2]
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "'lock'" in warnings[0].getMessage()
+    assert "handler" in warnings[0].getMessage()
+
+
+class Plain:
+    pass
+
+
+@pytest.mark.parametrize("sender", ["a string", Plain, None])
+def test_non_model_senders_arrive_as_sent(connect: Connect[Any], sender: Any) -> None:
+    received = []
+
+    @connect(custom)
+    def handler(sender: Any, **kwargs: Any) -> None:
+        received.append(sender)
+
+    custom.send(sender=sender)
+    run_queued()
+
+    assert received == [sender]
+
+
+def test_unpicklable_sender_becomes_none_with_a_warning(
+    connect: Connect[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    received = []
+
+    @connect(custom)
+    def handler(sender: Any, **kwargs: Any) -> None:
+        received.append((sender, kwargs["n"]))
+
+    custom.send(sender=threading.Lock(), n=1)
+    run_queued()
+
+    assert received == [(None, 1)]
+    assert "'sender'" in caplog.records[0].getMessage()
+
+
+def test_model_class_sender_arrives_as_the_class(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(custom)
+    def handler(sender: Any, model: Any, **kwargs: Any) -> None:
+        received.append((sender, model))
+
+    custom.send(sender=Article, model=Tag)
+    tasks = queued_tasks()
+    run_queued()
+
+    assert received == [(Article, Tag)]
+    assert b"tests.Article" in tasks[0]["args"][0]
+
+
+def test_async_handler_runs(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(post_save, sender=Article)
+    async def handler(instance: Article, **kwargs: Any) -> None:
+        received.append(instance.title)
+
+    Article.objects.create(title="async")
+    run_queued()
+
+    assert received == ["async"]
+
+
+def test_signal_sent_with_asend_is_queued(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        received.append(kwargs["n"])
+
+    async_to_sync(custom.asend)(sender=None, n=42)
+    run_queued()
+
+    assert received == [42]
