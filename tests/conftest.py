@@ -94,14 +94,17 @@ class Worker:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signals.SIGTERM)
+        # Django Q2 stops its workers itself on SIGTERM; anything left of the
+        # process group after that is killed.
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        finally:
             try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:  # pragma: no cover - a hung worker
                 os.killpg(self.process.pid, signals.SIGKILL)
-                self.process.wait()
-        self._log_file.close()
+            except ProcessLookupError:
+                pass
+            self._log_file.close()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import decimal
 import threading
 import uuid
@@ -388,3 +389,29 @@ def test_signal_sent_with_asend_is_queued(connect: Connect[Any]) -> None:
     run_queued()
 
     assert received == [42]
+
+
+class PicklesOnlyOnce:
+    """Pickles when checked alone, then fails again: nothing can be queued."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def __reduce__(self) -> Any:
+        self.attempts += 1
+        if self.attempts != 2:
+            raise TypeError("not this time")
+        return (PicklesOnlyOnce, ())
+
+
+def test_a_call_that_cannot_be_pickled_is_logged_not_raised(
+    connect: Connect[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    custom.send(sender=None, value=PicklesOnlyOnce())
+    assert queued_tasks() == []
+    assert caplog.records[-1].levelno == logging.ERROR
+    assert "Could not pickle a call to <Receiver tests." in caplog.records[-1].getMessage()

@@ -55,15 +55,24 @@ def check_q_cluster(**kwargs: Any) -> list[CheckMessage]:
 
 
 def check_receivers_importable(**kwargs: Any) -> list[CheckMessage]:
-    return [
-        Warning(
-            f"The async receiver {receiver.key} is defined inside a function, so "
-            "a worker only knows it if it runs that function too.",
-            hint="Define the handler at module level in a module imported at "
-            "start-up (for example from AppConfig.ready()).",
-            obj=receiver.func,
-            id="django_q_signals.W001",
+    warnings: list[CheckMessage] = []
+    for receiver in all_receivers():
+        if not receiver.is_connected():
+            continue
+        if receiver.module == "__main__":
+            where = "in the __main__ module, which a worker process does not import"
+        elif receiver.is_nested:
+            where = "inside a function, so a worker only knows it if it runs that function"
+        else:
+            continue
+        warnings.append(
+            Warning(
+                f"The async receiver {receiver.key} is defined {where}.",
+                hint="Define the handler at module level in a module that is "
+                "imported when Django starts (for example from "
+                "AppConfig.ready()).",
+                obj=receiver.func,
+                id="django_q_signals.W001",
+            )
         )
-        for receiver in all_receivers()
-        if receiver.is_nested or receiver.module == "__main__"
-    ]
+    return warnings

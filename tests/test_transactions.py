@@ -1,0 +1,294 @@
+"""When calls are queued: SPEC section 4."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.db import connection, transaction
+from django.db.models.signals import post_save
+from django.dispatch import Signal
+from django.test.utils import CaptureQueriesContext
+
+from django_q_signals import _queue
+from tests.conftest import Connect, queued_tasks, run_queued
+from tests.models import Article
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+custom = Signal()
+
+
+@pytest.fixture
+def numbers(connect: Connect[Any]) -> list[int]:
+    """The ``n`` of every ``custom`` signal whose handler ran."""
+    received: list[int] = []
+
+    @connect(custom)
+    def handler(n: int, **kwargs: Any) -> None:
+        received.append(n)
+
+    return received
+
+
+class Rollback(Exception):
+    pass
+
+
+def test_nothing_is_queued_before_the_commit(numbers: list[int]) -> None:
+    with transaction.atomic():
+        custom.send(sender=None, n=1)
+        assert queued_tasks() == []
+    assert len(queued_tasks()) == 1
+    run_queued()
+    assert numbers == [1]
+
+
+def test_rollback_drops_the_call(numbers: list[int]) -> None:
+    with pytest.raises(Rollback), transaction.atomic():
+        custom.send(sender=None, n=1)
+        raise Rollback
+    assert queued_tasks() == []
+
+
+def test_savepoint_rollback_drops_exactly_its_calls(numbers: list[int]) -> None:
+    with transaction.atomic():
+        custom.send(sender=None, n=1)
+        with pytest.raises(Rollback), transaction.atomic():
+            custom.send(sender=None, n=2)
+            raise Rollback
+        with transaction.atomic():
+            custom.send(sender=None, n=3)
+            with transaction.atomic():
+                custom.send(sender=None, n=4)
+        custom.send(sender=None, n=5)
+        with pytest.raises(Rollback), transaction.atomic():
+            custom.send(sender=None, n=6)
+            with transaction.atomic():
+                custom.send(sender=None, n=7)
+            raise Rollback
+    run_queued()
+    assert numbers == [1, 3, 4, 5]
+
+
+def test_calls_survive_when_the_last_savepoint_rolls_back(numbers: list[int]) -> None:
+    with transaction.atomic():
+        with transaction.atomic():
+            custom.send(sender=None, n=1)
+        with pytest.raises(Rollback), transaction.atomic():
+            custom.send(sender=None, n=2)
+            raise Rollback
+    run_queued()
+    assert numbers == [1]
+
+
+def test_outside_a_transaction_the_call_is_queued_at_once(numbers: list[int]) -> None:
+    custom.send(sender=None, n=1)
+    assert len(queued_tasks()) == 1
+
+
+def test_on_commit_false_queues_inside_the_transaction(connect: Connect[Any]) -> None:
+    @connect(custom, on_commit=False)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    with transaction.atomic():
+        custom.send(sender=None, n=1)
+        # The ORM broker shares the transaction, so the task is already there.
+        assert len(queued_tasks()) == 1
+    with pytest.raises(Rollback), transaction.atomic():
+        custom.send(sender=None, n=2)
+        raise Rollback
+    assert len(queued_tasks()) == 1
+
+
+def test_one_commit_is_one_write_to_the_broker(numbers: list[int]) -> None:
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        for n in range(5):
+            custom.send(sender=None, n=n)
+    inserts = [q["sql"] for q in queries if "django_q_ormq" in q["sql"]]
+    assert len(inserts) == 1
+    run_queued()
+    assert numbers == [0, 1, 2, 3, 4]
+
+
+def test_calls_of_several_receivers_keep_their_order(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(post_save, sender=Article)
+    def first(instance: Article, **kwargs: Any) -> None:
+        received.append(("first", instance.title))
+
+    @connect(custom)
+    def second(n: int, **kwargs: Any) -> None:
+        received.append(("second", n))
+
+    with transaction.atomic():
+        Article.objects.create(title="a")
+        custom.send(sender=None, n=1)
+        Article.objects.create(title="b")
+    run_queued()
+    assert received == [("first", "a"), ("second", 1), ("first", "b")]
+
+
+@pytest.mark.django_db
+def test_capture_on_commit_callbacks_runs_only_what_it_captured(
+    numbers: list[int], django_capture_on_commit_callbacks: Any
+) -> None:
+    custom.send(sender=None, n=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        custom.send(sender=None, n=2)
+    run_queued()
+    assert numbers == [2]
+
+
+def test_sync_mode_runs_the_handler_at_commit(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(custom, q_options={"sync": True})
+    def handler(n: int, **kwargs: Any) -> None:
+        received.append((n, Article.objects.count()))
+
+    with transaction.atomic():
+        custom.send(sender=None, n=1)
+        Article.objects.create(title="committed first")
+        assert received == []
+    assert received == [(1, 1)]
+    assert queued_tasks() == []
+
+
+@pytest.fixture
+def unreachable_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Django Q2 configured for a Redis server that does not answer."""
+    from django_q.conf import Conf
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(Conf, "ORM", None)
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # No retries: the connection is refused at once.
+    redis = {"host": "127.0.0.1", "port": port, "retry": Retry(NoBackoff(), 0)}
+    monkeypatch.setattr(Conf, "REDIS", redis)
+    monkeypatch.setattr(_queue, "_brokers", {})
+    yield
+
+
+@pytest.mark.usefixtures("unreachable_redis")
+def test_failure_to_queue_after_commit_is_logged_not_raised(
+    connect: Connect[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    @connect(post_save, sender=Article)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    with transaction.atomic():
+        first = Article.objects.create(title="a")
+        second = Article.objects.create(title="b")
+
+    assert Article.objects.count() == 2
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    message = record.getMessage()
+    assert "Could not queue 2 call(s)" in message
+    assert f"{handler.__qualname__}(instance=<tests.Article pk={first.pk}>)" in message
+    assert f"(instance=<tests.Article pk={second.pk}>)" in message
+    assert record.exc_info is not None
+
+
+@pytest.mark.usefixtures("unreachable_redis")
+def test_failure_to_queue_at_once_outside_a_transaction_is_logged(
+    connect: Connect[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    @connect(post_save, sender=Article)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    article = Article.objects.create(title="a")
+
+    assert f"pk={article.pk}" in caplog.records[-1].getMessage()
+    assert caplog.records[-1].levelno == logging.ERROR
+
+
+@pytest.mark.usefixtures("unreachable_redis")
+def test_failure_to_queue_with_on_commit_false_raises_at_save(
+    connect: Connect[Any],
+) -> None:
+    import redis
+
+    @connect(post_save, sender=Article, on_commit=False)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    with pytest.raises(redis.ConnectionError):
+        Article.objects.create(title="a")
+
+
+@pytest.fixture
+def refusing_pre_enqueue() -> Iterator[None]:
+    """A project's pre_enqueue receiver that refuses every task."""
+    from django_q.signals import pre_enqueue
+
+    def refuse(**kwargs: Any) -> None:
+        raise RuntimeError("refused by pre_enqueue")
+
+    pre_enqueue.connect(refuse)
+    yield
+    pre_enqueue.disconnect(refuse)
+
+
+@pytest.mark.usefixtures("refusing_pre_enqueue")
+def test_a_task_django_q2_refuses_at_commit_is_logged(
+    numbers: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    with transaction.atomic():
+        custom.send(sender=None, n=1)
+    assert queued_tasks() == []
+    assert caplog.records[-1].levelno == logging.ERROR
+    assert caplog.records[-1].getMessage().startswith("Could not queue tests.")
+
+
+@pytest.mark.usefixtures("refusing_pre_enqueue")
+def test_a_task_django_q2_refuses_with_on_commit_false_raises(
+    connect: Connect[Any],
+) -> None:
+    @connect(custom, on_commit=False)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    with pytest.raises(RuntimeError, match="refused by pre_enqueue"):
+        custom.send(sender=None)
+
+
+def test_a_broker_in_q_options_gets_the_tasks(connect: Connect[Any]) -> None:
+    from django_q.brokers import get_broker
+
+    @connect(custom, q_options={"broker": get_broker("elsewhere")})
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    with transaction.atomic():
+        custom.send(sender=None)
+        custom.send(sender=None)
+    from django_q.models import OrmQ
+
+    assert list(OrmQ.objects.values_list("key", flat=True)) == ["elsewhere"] * 2
+
+
+def test_a_custom_broker_class_gets_the_tasks(
+    numbers: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "BROKER_CLASS", "django_q.brokers.orm.ORM")
+    monkeypatch.setattr(_queue, "_brokers", {})
+    with transaction.atomic():
+        custom.send(sender=None, n=1)
+        custom.send(sender=None, n=2)
+    custom.send(sender=None, n=3)
+    run_queued()
+    assert numbers == [1, 2, 3]

@@ -1,0 +1,57 @@
+"""A real ``qcluster`` worker process runs what the signals queued."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.db import transaction
+
+from tests.conftest import Worker
+from tests.handlers import record_note
+from tests.models import Note, Seen
+
+pytestmark = pytest.mark.worker
+
+
+class Rollback(Exception):
+    pass
+
+
+def seen() -> list[tuple[int | None, str | None, bool | None]]:
+    return sorted(Seen.objects.values_list("note_pk", "title", "created"))
+
+
+def test_each_signal_runs_once_in_the_worker_with_committed_data(
+    worker: Worker,
+) -> None:
+    from django_q.models import Success
+
+    autocommit = [Note.objects.create(title=f"auto {i}") for i in range(5)]
+    worker.wait_for(lambda: Seen.objects.count() == 5)
+
+    with transaction.atomic():
+        in_transaction = [Note.objects.create(title=f"txn {i}") for i in range(5)]
+        for note in in_transaction:
+            note.title += " (edited)"
+            note.save()
+        # The worker polls every 50 ms: it must find nothing before the commit.
+        time.sleep(0.5)
+        assert Seen.objects.count() == 5
+    with pytest.raises(Rollback), transaction.atomic():
+        Note.objects.create(title="rolled back")
+        raise Rollback
+    with transaction.atomic():
+        gone = Note.objects.create(title="deleted before the worker ran")
+        gone_pk = gone.pk
+        gone.delete()
+
+    worker.wait_for(lambda: Seen.objects.count() >= 16)
+    time.sleep(0.5)  # room for a duplicate to show up
+
+    expected = [(n.pk, n.title, True) for n in autocommit]
+    expected += [(n.pk, n.title, created) for n in in_transaction for created in (True, False)]
+    expected += [(gone_pk, None, True)]
+    assert seen() == sorted(expected)
+    path = f"{record_note.__module__}.{record_note.__qualname__}"
+    assert Success.objects.filter(group=path, name=path).count() == 16
