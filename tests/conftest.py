@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import pydoc
 import signal as signals
@@ -7,11 +8,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from django.db import connections
+from django.db import connections, transaction
 from django.dispatch import Signal
 
 from django_q_signals import async_receiver
@@ -37,6 +39,14 @@ def connect() -> Iterator[Connect[Any]]:
     for signal, sender, func, uid in connected:
         for each in signal if isinstance(signal, list) else [signal]:
             each.disconnect(func, sender=sender, dispatch_uid=uid)
+
+
+@contextmanager
+def rolled_back(using: str | None = None) -> Iterator[None]:
+    """An atomic block (a savepoint when nested) that is rolled back at its end."""
+    with transaction.atomic(using=using):
+        yield
+        transaction.set_rollback(True, using=using)
 
 
 def queued_tasks() -> list[dict[str, Any]]:
@@ -100,10 +110,8 @@ class Worker:
         try:
             self.process.wait(timeout=15)
         finally:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signals.SIGKILL)
-            except ProcessLookupError:
-                pass
             self._log_file.close()
 
 

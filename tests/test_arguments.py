@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime
-import logging
 import decimal
+import logging
 import threading
 import uuid
 from typing import Any
@@ -182,14 +182,13 @@ def test_deleted_instance_pk_is_captured_when_the_signal_fires(
 
     article = Article.objects.create(title="doomed")
     pk = article.pk
-    with django_capture_on_commit_callbacks(execute=True):
-        with transaction.atomic():
-            article.delete()
-    assert article.pk is None
+    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+        article.delete()
     run_queued()
 
     assert received[0]["instance"] is None
     assert received[0]["_instance_pk"] == pk
+    assert article.pk is None  # what Django leaves behind by the commit
 
 
 def test_unsaved_instance_arrives_as_it_was(connect: Connect[Any]) -> None:
@@ -202,9 +201,9 @@ def test_unsaved_instance_arrives_as_it_was(connect: Connect[Any]) -> None:
     Article.objects.create(title="new")
     run_queued()
 
-    assert received[0].pk is None
-    assert received[0].title == "new"
-    assert received[0]._state.adding is True
+    unsaved = received[0]
+    assert (unsaved.title, unsaved._state.adding) == ("new", True)
+    assert unsaved.pk is None
 
 
 def test_snapshot_passes_the_instance_as_it_was(connect: Connect[Any]) -> None:
@@ -414,4 +413,6 @@ def test_a_call_that_cannot_be_pickled_is_logged_not_raised(
     custom.send(sender=None, value=PicklesOnlyOnce())
     assert queued_tasks() == []
     assert caplog.records[-1].levelno == logging.ERROR
-    assert "Could not pickle a call to <Receiver tests." in caplog.records[-1].getMessage()
+    assert (
+        "Could not pickle a call to <Receiver tests." in caplog.records[-1].getMessage()
+    )

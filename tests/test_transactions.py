@@ -14,7 +14,7 @@ from django.dispatch import Signal
 from django.test.utils import CaptureQueriesContext
 
 from django_q_signals import _queue
-from tests.conftest import Connect, queued_tasks, run_queued
+from tests.conftest import Connect, queued_tasks, rolled_back, run_queued
 from tests.models import Article
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -34,10 +34,6 @@ def numbers(connect: Connect[Any]) -> list[int]:
     return received
 
 
-class Rollback(Exception):
-    pass
-
-
 def test_nothing_is_queued_before_the_commit(numbers: list[int]) -> None:
     with transaction.atomic():
         custom.send(sender=None, n=1)
@@ -48,28 +44,25 @@ def test_nothing_is_queued_before_the_commit(numbers: list[int]) -> None:
 
 
 def test_rollback_drops_the_call(numbers: list[int]) -> None:
-    with pytest.raises(Rollback), transaction.atomic():
+    with rolled_back():
         custom.send(sender=None, n=1)
-        raise Rollback
     assert queued_tasks() == []
 
 
 def test_savepoint_rollback_drops_exactly_its_calls(numbers: list[int]) -> None:
     with transaction.atomic():
         custom.send(sender=None, n=1)
-        with pytest.raises(Rollback), transaction.atomic():
+        with rolled_back():
             custom.send(sender=None, n=2)
-            raise Rollback
         with transaction.atomic():
             custom.send(sender=None, n=3)
             with transaction.atomic():
                 custom.send(sender=None, n=4)
         custom.send(sender=None, n=5)
-        with pytest.raises(Rollback), transaction.atomic():
+        with rolled_back():
             custom.send(sender=None, n=6)
             with transaction.atomic():
                 custom.send(sender=None, n=7)
-            raise Rollback
     run_queued()
     assert numbers == [1, 3, 4, 5]
 
@@ -78,9 +71,8 @@ def test_calls_survive_when_the_last_savepoint_rolls_back(numbers: list[int]) ->
     with transaction.atomic():
         with transaction.atomic():
             custom.send(sender=None, n=1)
-        with pytest.raises(Rollback), transaction.atomic():
+        with rolled_back():
             custom.send(sender=None, n=2)
-            raise Rollback
     run_queued()
     assert numbers == [1]
 
@@ -99,9 +91,8 @@ def test_on_commit_false_queues_inside_the_transaction(connect: Connect[Any]) ->
         custom.send(sender=None, n=1)
         # The ORM broker shares the transaction, so the task is already there.
         assert len(queued_tasks()) == 1
-    with pytest.raises(Rollback), transaction.atomic():
+    with rolled_back():
         custom.send(sender=None, n=2)
-        raise Rollback
     assert len(queued_tasks()) == 1
 
 
@@ -116,7 +107,7 @@ def test_one_commit_is_one_write_to_the_broker(numbers: list[int]) -> None:
 
 
 def test_calls_of_several_receivers_keep_their_order(connect: Connect[Any]) -> None:
-    received = []
+    received: list[tuple[str, object]] = []
 
     @connect(post_save, sender=Article)
     def first(instance: Article, **kwargs: Any) -> None:
@@ -161,7 +152,7 @@ def test_sync_mode_runs_the_handler_at_commit(connect: Connect[Any]) -> None:
 
 
 @pytest.fixture
-def unreachable_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def unreachable_redis(monkeypatch: pytest.MonkeyPatch) -> None:
     """Django Q2 configured for a Redis server that does not answer."""
     from django_q.conf import Conf
 
@@ -176,7 +167,6 @@ def unreachable_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     redis = {"host": "127.0.0.1", "port": port, "retry": Retry(NoBackoff(), 0)}
     monkeypatch.setattr(Conf, "REDIS", redis)
     monkeypatch.setattr(_queue, "_brokers", {})
-    yield
 
 
 @pytest.mark.usefixtures("unreachable_redis")

@@ -7,15 +7,11 @@ import time
 import pytest
 from django.db import transaction
 
-from tests.conftest import Worker
+from tests.conftest import Worker, rolled_back
 from tests.handlers import record_note
 from tests.models import Note, Seen
 
 pytestmark = pytest.mark.worker
-
-
-class Rollback(Exception):
-    pass
 
 
 def seen() -> list[tuple[int | None, str | None, bool | None]]:
@@ -38,9 +34,8 @@ def test_each_signal_runs_once_in_the_worker_with_committed_data(
         # The worker polls every 50 ms: it must find nothing before the commit.
         time.sleep(0.5)
         assert Seen.objects.count() == 5
-    with pytest.raises(Rollback), transaction.atomic():
+    with rolled_back():
         Note.objects.create(title="rolled back")
-        raise Rollback
     with transaction.atomic():
         gone = Note.objects.create(title="deleted before the worker ran")
         gone_pk = gone.pk
@@ -49,8 +44,11 @@ def test_each_signal_runs_once_in_the_worker_with_committed_data(
     worker.wait_for(lambda: Seen.objects.count() >= 16)
     time.sleep(0.5)  # room for a duplicate to show up
 
+    expected: list[tuple[int, str | None, bool]]
     expected = [(n.pk, n.title, True) for n in autocommit]
-    expected += [(n.pk, n.title, created) for n in in_transaction for created in (True, False)]
+    expected += [
+        (n.pk, n.title, created) for n in in_transaction for created in (True, False)
+    ]
     expected += [(gone_pk, None, True)]
     assert seen() == sorted(expected)
     path = f"{record_note.__module__}.{record_note.__qualname__}"

@@ -10,6 +10,7 @@ import pytest
 from django.dispatch import Signal
 
 from django_q_signals import _payload
+from django_q_signals._receivers import get_receiver
 from django_q_signals.worker import run_receiver
 from tests.conftest import Connect, queued_tasks
 
@@ -27,7 +28,7 @@ def test_a_module_level_handler_is_found_by_importing_its_module() -> None:
 
     import tests.handlers
 
-    registered = _payload.get_receiver("tests.handlers.record_note", "tests.handlers")
+    registered = get_receiver("tests.handlers.record_note", "tests.handlers")
     assert registered is not None
     assert registered.func is tests.handlers.record_note
     assert "tests.handlers" in sys.modules
@@ -57,7 +58,9 @@ def test_a_payload_it_cannot_use_is_refused(
 def test_a_module_that_cannot_be_imported_is_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    data = payload(_payload.FORMAT, "no_such_module.handler", "no_such_module", 0, None, {})
+    data = payload(
+        _payload.FORMAT, "no_such_module.handler", "no_such_module", 0, None, {}
+    )
     with pytest.raises(LookupError):
         run_receiver(data)
     assert "Could not import no_such_module" in caplog.records[0].getMessage()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from django.apps import apps
 from django.db import DEFAULT_DB_ALIAS, router
@@ -98,7 +98,9 @@ def encode_call(
         try:
             payload = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
         except Exception:
-            logger.exception("Could not pickle a call to %s; it is not queued", receiver)
+            logger.exception(
+                "Could not pickle a call to %s; it is not queued", receiver
+            )
             return None
     return Call(receiver, payload, alias, arguments)
 
@@ -127,7 +129,12 @@ def decode_call(payload: bytes) -> tuple[Receiver, Signal, Any, dict[str, Any]]:
         kwargs[name] = _decode(receiver, name, value)
         if kwargs[name] is None and isinstance(value, Row):
             kwargs[f"_{name}_pk"] = value.pk
-    return receiver, receiver.signals[signal_index], _decode(receiver, "", sender), kwargs
+    return (
+        receiver,
+        receiver.signals[signal_index],
+        _decode(receiver, "", sender),
+        kwargs,
+    )
 
 
 _DROP = object()
@@ -140,7 +147,7 @@ def _encode(value: Any, snapshot: bool) -> Any:
             return value
         return Row(value._meta.label, pk, value._state.db)
     if isinstance(value, ModelBase):
-        return ModelClass(value._meta.label)
+        return ModelClass(cast("type[Model]", value)._meta.label)
     if isinstance(value, QuerySet):
         return None
     return value

@@ -189,4 +189,5 @@ def _defer(connection: BaseDatabaseWrapper, call: Call) -> None:
     connection.on_commit(_Deferred(buffer, call))
     if connection.savepoint_ids:
         # Django's own captureOnCommitCallbacks reads this list too.
-        connection.run_on_commit.append((set(), _Send(buffer), False))
+        # (The stubs predate the third item, robust.)
+        connection.run_on_commit.append((set(), _Send(buffer), False))  # type: ignore[arg-type]

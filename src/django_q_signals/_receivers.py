@@ -7,13 +7,16 @@ import importlib
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models.base import ModelBase
 from django.db.models.query import QuerySet
 from django.dispatch import Signal
 from django.utils.inspect import func_accepts_kwargs
+
+if TYPE_CHECKING:
+    from django.db.models import Model
 
 logger = logging.getLogger("django_q_signals")
 
@@ -107,7 +110,10 @@ class Receiver:
     def on_signal(self, signal: Signal, sender: Any, **kwargs: Any) -> None:
         """The receiver Django calls: record the call and queue it."""
         # Saving a Django Q2 task or result must never queue another task.
-        if isinstance(sender, ModelBase) and sender._meta.app_label == "django_q":
+        if (
+            isinstance(sender, ModelBase)
+            and cast("type[Model]", sender)._meta.app_label == "django_q"
+        ):
             return
         from django_q_signals import _payload, _queue
 
@@ -219,7 +225,7 @@ def _check_signals(signal: Signal | Sequence[Signal]) -> tuple[Signal, ...]:
 
 def _check_sender(sender: Any) -> None:
     if isinstance(sender, ModelBase):
-        app_label = sender._meta.app_label
+        app_label = cast("type[Model]", sender)._meta.app_label
     elif isinstance(sender, str) and "." in sender:
         app_label = sender.split(".", 1)[0]
     else:

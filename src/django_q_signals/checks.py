@@ -34,8 +34,7 @@ def check_q_cluster(**kwargs: Any) -> list[CheckMessage]:
         )
         return [
             Error(
-                f"{problem}: Django Q2 would fall back to a Redis broker on "
-                "localhost.",
+                f"{problem}: Django Q2 would fall back to a Redis broker on localhost.",
                 hint="Set Q_CLUSTER, for example {'name': 'site', 'orm': 'default'} "
                 "for the database broker.",
                 id="django_q_signals.E002",
@@ -62,7 +61,9 @@ def check_receivers_importable(**kwargs: Any) -> list[CheckMessage]:
         if receiver.module == "__main__":
             where = "in the __main__ module, which a worker process does not import"
         elif receiver.is_nested:
-            where = "inside a function, so a worker only knows it if it runs that function"
+            where = (
+                "inside a function, so a worker only knows it if it runs that function"
+            )
         else:
             continue
         warnings.append(
