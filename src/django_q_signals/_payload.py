@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from django.apps import apps
 from django.db import DEFAULT_DB_ALIAS, router
@@ -27,7 +27,8 @@ from django.db.models.base import ModelBase
 from django.db.models.query import QuerySet
 from django.dispatch import Signal
 
-from django_q_signals._receivers import Receiver, get_receiver
+if TYPE_CHECKING:
+    from django_q_signals._receivers import Receiver
 
 logger = logging.getLogger("django_q_signals")
 
@@ -105,11 +106,20 @@ def encode_call(
     return Call(receiver, payload, alias, arguments)
 
 
-def decode_call(payload: bytes) -> tuple[Receiver, Signal, Any, dict[str, Any]]:
-    """Rebuild ``(receiver, signal, sender, kwargs)`` in the worker."""
+class Queued(NamedTuple):
+    """A payload as the worker unpickles it, before anything is loaded."""
+
+    key: str
+    module: str
+    signal_index: int
+    sender: Any
+    arguments: dict[str, Any]
+
+
+def load(payload: bytes) -> Queued:
     try:
-        data = pickle.loads(payload)
-        version, key, module, signal_index, sender, arguments = data
+        version, *fields = pickle.loads(payload)
+        queued = Queued(*fields)
     except Exception as exc:
         raise ValueError(f"Not a django-q-signals payload: {exc}") from exc
     if version != FORMAT:
@@ -117,24 +127,18 @@ def decode_call(payload: bytes) -> tuple[Receiver, Signal, Any, dict[str, Any]]:
             f"Payload format {version!r} is not {FORMAT}: was it queued by another "
             "version of django-q-signals?"
         )
-    receiver = get_receiver(key, module)
-    if receiver is None:
-        raise LookupError(
-            f"No async receiver {key!r} in this worker. Is the module that "
-            "defines it imported when Django starts (for example from an "
-            "AppConfig.ready())?"
-        )
+    return queued
+
+
+def rebuild(receiver: Receiver, queued: Queued) -> tuple[Signal, Any, dict[str, Any]]:
+    """The ``signal``, ``sender`` and kwargs to call the handler with."""
     kwargs = {}
-    for name, value in arguments.items():
+    for name, value in queued.arguments.items():
         kwargs[name] = _decode(receiver, name, value)
         if kwargs[name] is None and isinstance(value, Row):
             kwargs[f"_{name}_pk"] = value.pk
-    return (
-        receiver,
-        receiver.signals[signal_index],
-        _decode(receiver, "", sender),
-        kwargs,
-    )
+    sender = _decode(receiver, "sender", queued.sender)
+    return receiver.signals[queued.signal_index], sender, kwargs
 
 
 _DROP = object()

@@ -15,6 +15,8 @@ from django.db.models.query import QuerySet
 from django.dispatch import Signal
 from django.utils.inspect import func_accepts_kwargs
 
+from django_q_signals import _payload, _queue
+
 if TYPE_CHECKING:
     from django.db.models import Model
 
@@ -115,8 +117,6 @@ class Receiver:
             and cast("type[Model]", sender)._meta.app_label == "django_q"
         ):
             return
-        from django_q_signals import _payload, _queue
-
         call = _payload.encode_call(self, signal, sender, kwargs)
         if call is not None:
             _queue.queue_call(call)
