@@ -1,0 +1,93 @@
+"""Development tasks. `nox -l` lists them; `nox` runs lint, types and tests."""
+
+import nox
+
+# The supported versions, in one place: the matrix below is built from them and
+# `nox -s cog` writes them into pyproject.toml's classifiers and README.md.
+PY_VERSIONS = ["3.10", "3.11", "3.12", "3.13"]
+DJ_VERSIONS = ["5.2", "6.0", "6.1"]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+# Every (Python, Django) pair Django supports: Django 6.x needs Python 3.12+.
+MATRIX = [
+    (py, dj)
+    for py in PY_VERSIONS
+    for dj in DJ_VERSIONS
+    if _version(dj) < (6,) or _version(py) >= (3, 12)
+]
+
+TEST_DEPS = [
+    "pytest",
+    "pytest-django",
+    "coverage[toml]>=7.10.3",
+    "redis",
+    "psycopg[binary]",
+]
+# The cog blocks in these files `import noxfile`: hence -I . and nox installed.
+COG = ["cog", "-I", "."]
+COG_FILES = ["pyproject.toml", "README.md"]
+
+nox.needs_version = ">=2025.10.16"
+nox.options.sessions = ["lint", "types", "tests"]
+nox.options.error_on_external_run = True
+# Use the Pythons that are installed; never try to download one.
+nox.options.download_python = "never"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the tests under coverage (100% branch coverage required)."""
+    session.install("-e", ".", *TEST_DEPS)
+    session.run("coverage", "erase")
+    # `patch = ["subprocess"]` in pyproject.toml makes the qcluster processes the
+    # tests start record coverage too; `coverage combine` merges their files.
+    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    session.run("coverage", "combine", "--quiet")
+    # A subset of the tests (`nox -s tests -- -k name`) cannot reach 100%.
+    fail_under = ["--fail-under=0"] if session.posargs else []
+    session.run("coverage", "report", *fail_under)
+
+
+@nox.session
+@nox.parametrize(
+    ["python", "django"], MATRIX, ids=[f"{p}-django{d}" for p, d in MATRIX]
+)
+def matrix(session: nox.Session, django: str) -> None:
+    """Run the tests against each supported (Python, Django) pair."""
+    # The built wheel, not the source tree, so packaging mistakes show up here.
+    session.install(".", f"django~={django}.0", *TEST_DEPS)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff, and cog --check so the versions cog writes cannot drift."""
+    session.install("ruff", "cogapp", "nox")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run(*COG, "--check", "--diff", "--check-fail-msg=nox -s cog", *COG_FILES)
+
+
+@nox.session
+def cog(session: nox.Session) -> None:
+    """Rewrite the version lists in pyproject.toml and README.md from this file."""
+    session.install("cogapp", "nox")
+    session.run(*COG, "-r", *COG_FILES)
+
+
+@nox.session
+def types(session: nox.Session) -> None:
+    """mypy --strict with django-stubs, on the package and the tests."""
+    session.install("-e", ".", "django-stubs[compatible-mypy]", *TEST_DEPS)
+    session.run("mypy", "src", "tests")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Run the example project end to end (example/demo.py)."""
+    session.install(".")
+    session.run("python", "example/demo.py")
