@@ -4,6 +4,7 @@ import contextlib
 import os
 import pydoc
 import signal as signals
+import socket
 import subprocess
 import sys
 import time
@@ -11,8 +12,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import pytest
+from django.conf import settings
 from django.db import connections, transaction
 from django.dispatch import Signal
 
@@ -49,37 +52,69 @@ def rolled_back(using: str | None = None) -> Iterator[None]:
         transaction.set_rollback(True, using=using)
 
 
-def queued_tasks() -> list[dict[str, Any]]:
-    """The tasks waiting on Django Q2's ORM broker, unsigned and unpickled."""
+def _broker_packs(*, take: bool) -> list[Any]:
+    """The signed tasks on the configured broker, oldest first."""
+    from django_q.brokers import get_broker
+    from django_q.conf import Conf
     from django_q.models import OrmQ
+
+    if Conf.ORM:
+        rows = list(OrmQ.objects.using(Conf.ORM).order_by("id"))
+        if take:
+            OrmQ.objects.using(Conf.ORM).filter(pk__in=[r.pk for r in rows]).delete()
+        return [row.payload for row in rows]
+    broker = get_broker()
+    packs: list[Any] = broker.connection.lrange(broker.list_key, 0, -1)
+    if take:
+        broker.connection.ltrim(broker.list_key, len(packs), -1)
+    return packs
+
+
+def queued_tasks() -> list[dict[str, Any]]:
+    """The tasks waiting on Django Q2's broker, unsigned and unpickled."""
     from django_q.signing import SignedPackage
 
-    return [SignedPackage.loads(row.payload) for row in OrmQ.objects.order_by("id")]
+    return [SignedPackage.loads(pack) for pack in _broker_packs(take=False)]
 
 
 def run_queued() -> list[Any]:
-    """Take every task off the ORM broker and run it as a worker does."""
-    from django_q.models import OrmQ
+    """Take every task off the broker and run it as a worker does."""
     from django_q.signing import SignedPackage
 
     results = []
-    for row in OrmQ.objects.order_by("id"):
-        task = SignedPackage.loads(row.payload)
-        row.delete()
+    for pack in _broker_packs(take=True):
+        task = SignedPackage.loads(pack)
         func = pydoc.locate(task["func"])
         assert callable(func), task["func"]
         results.append(func(*task["args"], **task["kwargs"]))
     return results
 
 
+@pytest.fixture(autouse=True)
+def _empty_redis() -> None:
+    """Each test starts with an empty Redis broker (the ORM one is in the DB)."""
+    if settings.REDIS_URL:
+        from django_q.brokers import get_broker
+
+        get_broker().connection.flushdb()
+
+
+def broker_is_orm_on(alias: str) -> bool:
+    from django_q.conf import Conf
+
+    return bool(Conf.ORM == alias)
+
+
 class Worker:
     """A real ``manage.py qcluster`` process on the test database."""
 
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, **extra_env: str) -> None:
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "QSIGNALS_TEST_DB": connections["default"].settings_dict["NAME"],
+            "QSIGNALS_TEST_DB_OTHER": connections["other"].settings_dict["NAME"],
+            **extra_env,
             "PYTHONPATH": os.pathsep.join(
                 [str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]
             ),
@@ -120,3 +155,40 @@ def worker(transactional_db: None, tmp_path: Path) -> Iterator[Worker]:
     running = Worker(tmp_path / "qcluster.log")
     yield running
     running.stop()
+
+
+def _unreachable(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=2).close()
+    except OSError:
+        return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> None:
+    """Skip what needs absent services, or fail if REQUIRE_SERVICES=1."""
+    required = os.environ.get("REQUIRE_SERVICES") == "1"
+    problems = [
+        f"{name} at {url} is not reachable"
+        for name, url in (
+            ("PostgreSQL", settings.DATABASE_URL),
+            ("Redis", settings.REDIS_URL),
+        )
+        if url and _unreachable(url)
+    ]
+    if not (settings.DATABASE_URL and settings.REDIS_URL):
+        problems.append(
+            "needs PostgreSQL and Redis: set DATABASE_URL and REDIS_URL "
+            "(nox -s tests does)"
+        )
+        affected = [item for item in items if item.get_closest_marker("services")]
+    else:
+        affected = items if problems else []
+    if not affected:
+        return
+    reason = "; ".join(problems)
+    if required:
+        raise pytest.UsageError(f"REQUIRE_SERVICES=1, but {reason}")
+    for item in affected:
+        item.add_marker(pytest.mark.skip(reason=reason))

@@ -55,3 +55,9 @@ class Seen(models.Model):
     note_pk = models.IntegerField(null=True)
     title = models.CharField(max_length=100, null=True)
     created = models.BooleanField(null=True)
+
+
+class Ledger(models.Model):
+    """Routed to the "other" database (tests.routers)."""
+
+    entry = models.CharField(max_length=100)

@@ -1,8 +1,14 @@
-"""Settings for the test suite: SQLite and Django Q2's ORM broker."""
+"""Settings for the test suite.
+
+By default SQLite and Django Q2's ORM broker. With ``DATABASE_URL``
+(``postgres://user@host:port/name``) the databases are PostgreSQL, and with
+``REDIS_URL`` the broker is Redis: ``nox -s tests`` runs the suite both ways.
+"""
 
 import os
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 SECRET_KEY = "django-q-signals-tests"
 DEBUG = False
@@ -17,23 +23,48 @@ INSTALLED_APPS = [
     "tests",
 ]
 
-# A worker process started by a test gets the test database's file name in
-# QSIGNALS_TEST_DB, so it reads and writes what the test does.
+# A worker process started by a test gets the test databases' names in
+# QSIGNALS_TEST_DB and QSIGNALS_TEST_DB_OTHER, so it uses what the test does.
 _test_db = Path(tempfile.gettempdir()) / f"django-q-signals-{os.getpid()}.sqlite3"
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("QSIGNALS_TEST_DB", ":memory:"),
+        "NAME": ":memory:",
         "OPTIONS": {"timeout": 30},
         "TEST": {"NAME": str(_test_db)},
     },
     "other": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("QSIGNALS_TEST_DB_OTHER", ":memory:"),
+        "NAME": ":memory:",
         "OPTIONS": {"timeout": 30},
         "TEST": {"NAME": str(_test_db.with_suffix(".other.sqlite3"))},
     },
 }
+
+DATABASE_URL = os.environ.get("DATABASE_URL")
+if DATABASE_URL:
+    _url = urlsplit(DATABASE_URL)
+    _name = _url.path.lstrip("/")
+    for _alias, _suffix in (("default", ""), ("other", "_other")):
+        DATABASES[_alias] = {
+            "ENGINE": "django.db.backends.postgresql",
+            "HOST": _url.hostname or "127.0.0.1",
+            "PORT": _url.port or 5432,
+            "USER": _url.username or "postgres",
+            "PASSWORD": _url.password or "",
+            "NAME": _name + _suffix,
+            "TEST": {"NAME": f"test_{_name}{_suffix}"},
+        }
+for _alias, _variable in (
+    ("default", "QSIGNALS_TEST_DB"),
+    ("other", "QSIGNALS_TEST_DB_OTHER"),
+):
+    if _variable in os.environ:
+        DATABASES[_alias]["NAME"] = os.environ[_variable]
+
+# Writes to the models in tests.routers.OTHER_MODELS go to "other".
+DATABASE_ROUTERS = ["tests.routers.Router"]
+
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 
 Q_CLUSTER = {
@@ -47,6 +78,14 @@ Q_CLUSTER = {
     "save_limit": 0,
     "ack_failures": True,
 }
+REDIS_URL = os.environ.get("REDIS_URL")
+if REDIS_URL:
+    del Q_CLUSTER["orm"]
+    Q_CLUSTER["redis"] = REDIS_URL
+if os.environ.get("QSIGNALS_ORM_BROKER"):
+    # A worker started by a test that puts the ORM broker on another alias.
+    Q_CLUSTER.pop("redis", None)
+    Q_CLUSTER["orm"] = os.environ["QSIGNALS_ORM_BROKER"]
 
 LOGGING = {
     "version": 1,
