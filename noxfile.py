@@ -1,5 +1,7 @@
 """Development tasks. `nox -l` lists them; `nox` runs lint, types and tests."""
 
+import os
+
 import nox
 
 # The supported versions, in one place: the matrix below is built from them and
@@ -38,6 +40,21 @@ nox.options.error_on_external_run = True
 nox.options.download_python = "never"
 
 
+# Where the second pass of the tests finds PostgreSQL and Redis. It skips,
+# saying why, where they are not running, unless REQUIRE_SERVICES=1.
+SERVICES = {
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/django_q_signals",
+    "REDIS_URL": "redis://127.0.0.1:6379/15",
+}
+
+
+def run_tests(session: nox.Session, *command: str) -> None:
+    """The suite twice: SQLite with the ORM broker, then PostgreSQL with Redis."""
+    services = {name: os.environ.get(name, url) for name, url in SERVICES.items()}
+    session.run(*command, "-m", "not services", *session.posargs)
+    session.run(*command, *session.posargs, env=services)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the tests under coverage (100% branch coverage required)."""
@@ -45,7 +62,7 @@ def tests(session: nox.Session) -> None:
     session.run("coverage", "erase")
     # `patch = ["subprocess"]` in pyproject.toml makes the qcluster processes the
     # tests start record coverage too; `coverage combine` merges their files.
-    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    run_tests(session, "coverage", "run", "-m", "pytest")
     session.run("coverage", "combine", "--quiet")
     # A subset of the tests (`nox -s tests -- -k name`) cannot reach 100%.
     fail_under = ["--fail-under=0"] if session.posargs else []
@@ -60,7 +77,7 @@ def matrix(session: nox.Session, django: str) -> None:
     """Run the tests against each supported (Python, Django) pair."""
     # The built wheel, not the source tree, so packaging mistakes show up here.
     session.install(".", f"django~={django}.0", *TEST_DEPS)
-    session.run("pytest", *session.posargs)
+    run_tests(session, "pytest")
 
 
 @nox.session

@@ -102,7 +102,7 @@ def _empty_redis() -> None:
 def broker_is_orm_on(alias: str) -> bool:
     from django_q.conf import Conf
 
-    return bool(Conf.ORM == alias)
+    return bool(alias == Conf.ORM)
 
 
 class Worker:

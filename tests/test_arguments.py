@@ -22,6 +22,7 @@ from tests.models import Article, Author, Hideable, Membership, Tag, Token
 pytestmark = pytest.mark.django_db(transaction=True)
 
 custom = Signal()
+UTC = datetime.timezone.utc
 
 
 def test_instance_is_reloaded_from_the_database(connect: Connect[Any]) -> None:
@@ -263,7 +264,9 @@ def test_plain_values_keep_their_type_and_value(connect: Connect[Any]) -> None:
         "a_float": 1.5,
         "a_bool": True,
         "a_none": None,
-        "a_datetime": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
+        "a_datetime": datetime.datetime(
+            2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc
+        ),
         "a_date": datetime.date(2026, 1, 2),
         "a_decimal": decimal.Decimal("12.30"),
         "a_uuid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
