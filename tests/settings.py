@@ -8,6 +8,7 @@ By default SQLite and Django Q2's ORM broker. With ``DATABASE_URL``
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 SECRET_KEY = "django-q-signals-tests"
@@ -26,7 +27,7 @@ INSTALLED_APPS = [
 # A worker process started by a test gets the test databases' names in
 # QSIGNALS_TEST_DB and QSIGNALS_TEST_DB_OTHER, so it uses what the test does.
 _test_db = Path(tempfile.gettempdir()) / f"django-q-signals-{os.getpid()}.sqlite3"
-DATABASES = {
+DATABASES: dict[str, dict[str, Any]] = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": ":memory:",
