@@ -61,3 +61,9 @@ class Ledger(models.Model):
     """Routed to the "other" database (tests.routers)."""
 
     entry = models.CharField(max_length=100)
+
+
+class Draft(models.Model):
+    """Written by the race tests, in slow transactions."""
+
+    title = models.CharField(max_length=100)

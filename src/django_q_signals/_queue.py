@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import sys
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 if TYPE_CHECKING:
@@ -68,7 +70,7 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
         writes.setdefault(destination, []).append((call, collector.pack))
     for destination, items in writes.items():
         try:
-            _write(destination, [pack for _, pack in items])
+            _write(destination, items)
         except Exception:
             if raise_errors:
                 raise
@@ -93,9 +95,10 @@ class _Collector:
         self.pack = pack
 
 
-def _write(destination: Any, packs: list[str]) -> None:
+def _write(destination: Any, items: list[tuple[Call, str]]) -> None:
     from django_q.conf import Conf
 
+    packs = [pack for _, pack in items]
     if destination is not None and not isinstance(destination, str):
         for pack in packs:
             destination.enqueue(pack)
@@ -108,9 +111,26 @@ def _write(destination: Any, packs: list[str]) -> None:
         from django_q.models import OrmQ
 
         now = timezone.now()
-        OrmQ.objects.using(Conf.ORM).bulk_create(
-            [OrmQ(key=key, payload=pack, lock=now) for pack in packs]
-        )
+        rows = [OrmQ(key=key, payload=pack, lock=now) for pack in packs]
+        committed = any(not _in_transaction(call.alias) for call, _ in items)
+        broker_db = transaction.get_connection(Conf.ORM)
+        if not (committed and broker_db.in_atomic_block):
+            OrmQ.objects.using(Conf.ORM).bulk_create(rows)
+        elif broker_db.vendor != "sqlite":
+            # These calls' transaction has committed, but one is open on the
+            # broker's database: its rollback must not take them back.
+            with _separate_connection(Conf.ORM):
+                OrmQ.objects.using(Conf.ORM).bulk_create(rows)
+        else:
+            # SQLite has one writer at a time: a second connection would wait
+            # for the open transaction, so the calls join it.
+            logger.warning(
+                "Queued %s inside the open transaction on %r (the ORM broker's "
+                "SQLite database): they are lost if it rolls back.",
+                ", ".join(str(call) for call, _ in items),
+                Conf.ORM,
+            )
+            OrmQ.objects.using(Conf.ORM).bulk_create(rows)
         return
     broker = _broker(key)
     redis_broker = sys.modules.get("django_q.brokers.redis_broker")
@@ -119,6 +139,23 @@ def _write(destination: Any, packs: list[str]) -> None:
     else:
         for pack in packs:
             broker.enqueue(pack)
+
+
+def _in_transaction(alias: str) -> bool:
+    return transaction.get_connection(alias).in_atomic_block
+
+
+@contextmanager
+def _separate_connection(alias: str) -> Iterator[None]:
+    """Point ``alias`` at a new connection, in autocommit, for this block."""
+    original = connections[alias]
+    separate = connections.create_connection(alias)
+    connections[alias] = separate
+    try:
+        yield
+    finally:
+        connections[alias] = original
+        separate.close()
 
 
 _brokers: dict[str, Broker] = {}
