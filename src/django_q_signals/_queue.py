@@ -142,7 +142,7 @@ def _write(destination: Any, items: list[tuple[Call, str]]) -> None:
 
 
 def _in_transaction(alias: str) -> bool:
-    return transaction.get_connection(alias).in_atomic_block
+    return bool(transaction.get_connection(alias).in_atomic_block)
 
 
 @contextmanager
