@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models.signals import post_save
 
 from django_q_signals import async_receiver
-from tests.models import Note, Seen
+from tests.models import Draft, Note, Seen
 
 
 @async_receiver(post_save, sender=Note)
@@ -19,3 +19,24 @@ def record_note(instance: Note | None, created: bool, **kwargs: Any) -> None:
         title=instance.title if instance else None,
         created=created,
     )
+
+
+# The race tests: the same check, queued at commit and at once.
+
+
+def _check_draft(handler: str, instance: Draft | None, **kwargs: Any) -> None:
+    Seen.objects.create(
+        handler=handler,
+        note_pk=instance.pk if instance else kwargs["_instance_pk"],
+        title=instance.title if instance else None,
+    )
+
+
+@async_receiver(post_save, sender=Draft)
+def check_draft(instance: Draft | None, **kwargs: Any) -> None:
+    _check_draft("check_draft", instance, **kwargs)
+
+
+@async_receiver(post_save, sender=Draft, on_commit=False)
+def check_draft_eagerly(instance: Draft | None, **kwargs: Any) -> None:
+    _check_draft("check_draft_eagerly", instance, **kwargs)
