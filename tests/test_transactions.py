@@ -206,7 +206,7 @@ def test_failure_to_queue_after_commit_is_logged_not_raised(
     assert Article.objects.count() == 2
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
     message = record.getMessage()
-    assert "Could not queue 2 call(s)" in message
+    assert "Could not queue 2 task(s)" in message
     assert f"{handler.__qualname__}(instance=<tests.Article pk={first.pk}>)" in message
     assert f"(instance=<tests.Article pk={second.pk}>)" in message
     assert record.exc_info is not None

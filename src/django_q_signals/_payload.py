@@ -16,6 +16,7 @@ that moment, whatever happens to the objects afterwards:
 
 from __future__ import annotations
 
+import copy
 import logging
 import pickle
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
@@ -66,12 +67,16 @@ class Call:
         self.arguments = arguments
 
     def __str__(self) -> str:
-        rows = ", ".join(
-            f"{name}=<{value}>"
-            for name, value in self.arguments.items()
-            if isinstance(value, Row)
-        )
-        return f"{self.receiver.key}({rows})"
+        return f"{self.receiver.key}({describe_rows(self.arguments)})"
+
+
+def describe_rows(arguments: dict[str, Any]) -> str:
+    """The rows a call refers to, for logs: ``instance=<app.Model pk=1>``."""
+    return ", ".join(
+        f"{name}=<{value}>"
+        for name, value in arguments.items()
+        if isinstance(value, Row)
+    )
 
 
 def encode_call(
@@ -130,14 +135,69 @@ def load(payload: bytes) -> Queued:
     return queued
 
 
-def rebuild(receiver: Receiver, queued: Queued) -> tuple[Signal, Any, dict[str, Any]]:
+class Rows:
+    """The rows a batch of calls refers to, loaded with one query per model.
+
+    Loaded with the model's ``_base_manager`` from the database each row came
+    from; ``instance`` also with the receiver's select/prefetch_related.
+    """
+
+    def __init__(self, receiver: Receiver, batch: list[Queued]) -> None:
+        self._receiver = receiver
+        wanted: dict[tuple[str, str, bool], set[Any]] = {}
+        for queued in batch:
+            for name, value in [("sender", queued.sender), *queued.arguments.items()]:
+                if isinstance(value, Row):
+                    wanted.setdefault(self._key(name, value), set()).add(value.pk)
+        self._found = {key: self._load(key, pks) for key, pks in wanted.items()}
+        self._handed_out: set[int] = set()
+
+    def _key(self, name: str, row: Row) -> tuple[str, str, bool]:
+        db = row.db or router.db_for_read(apps.get_model(row.label))
+        receiver = self._receiver
+        related = name == "instance" and bool(
+            receiver.select_related or receiver.prefetch_related
+        )
+        return row.label, db, related
+
+    def _load(self, key: tuple[str, str, bool], pks: set[Any]) -> dict[Any, Model]:
+        label, db, related = key
+        manager = apps.get_model(label)._base_manager
+        queryset = manager.using(db).filter(pk__in=list(pks))
+        if related:
+            queryset = self._receiver.reload_queryset(queryset)
+        return {row.pk: row for row in queryset}
+
+    def get(self, name: str, row: Row) -> Model | None:
+        key = self._key(name, row)
+        found = self._found[key].get(row.pk)
+        if found is None:
+            logger.info(
+                "%s: %s <%s> no longer exists in %r; the handler gets %s=None",
+                self._receiver.key,
+                name,
+                row,
+                key[1],
+                name,
+            )
+            return None
+        if id(found) in self._handed_out:
+            # Each call gets its own instance, as it would unbatched.
+            return copy.copy(found)
+        self._handed_out.add(id(found))
+        return found
+
+
+def rebuild(
+    receiver: Receiver, queued: Queued, rows: Rows
+) -> tuple[Signal, Any, dict[str, Any]]:
     """The ``signal``, ``sender`` and kwargs to call the handler with."""
     kwargs = {}
     for name, value in queued.arguments.items():
-        kwargs[name] = _decode(receiver, name, value)
+        kwargs[name] = _decode(rows, name, value)
         if kwargs[name] is None and isinstance(value, Row):
             kwargs[f"_{name}_pk"] = value.pk
-    sender = _decode(receiver, "sender", queued.sender)
+    sender = _decode(rows, "sender", queued.sender)
     return receiver.signals[queued.signal_index], sender, kwargs
 
 
@@ -175,25 +235,9 @@ def _picklable_or(receiver: Receiver, name: str, value: Any, default: Any) -> An
     return value
 
 
-def _decode(receiver: Receiver, name: str, value: Any) -> Any:
+def _decode(rows: Rows, name: str, value: Any) -> Any:
     if isinstance(value, Row):
-        model = apps.get_model(value.label)
-        db = value.db or router.db_for_read(model)
-        queryset = model._base_manager.using(db).all()
-        if name == "instance":
-            queryset = receiver.reload_queryset(queryset)
-        try:
-            return queryset.get(pk=value.pk)
-        except model.DoesNotExist:
-            logger.info(
-                "%s: %s <%s> no longer exists in %r; the handler gets %s=None",
-                receiver.key,
-                name,
-                value,
-                db,
-                name,
-            )
-            return None
+        return rows.get(name, value)
     if isinstance(value, ModelClass):
         return apps.get_model(value.label)
     return value

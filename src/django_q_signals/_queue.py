@@ -22,11 +22,13 @@ if TYPE_CHECKING:
     from django_q.brokers import Broker
 
     from django_q_signals._payload import Call
+    from django_q_signals._receivers import Receiver
 
 logger = logging.getLogger("django_q_signals")
 
-#: The task every queued call runs in the worker.
+#: The tasks queued calls run in the worker: one call, or a batch of calls.
 TASK = "django_q_signals.worker.run_receiver"
+BATCH_TASK = "django_q_signals.worker.run_batch"
 
 
 def queue_call(call: Call) -> None:
@@ -49,25 +51,31 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
     from django_q.conf import Conf
     from django_q.tasks import async_task
 
-    writes: dict[Any, list[tuple[Call, str]]] = {}
-    for call in calls:
-        options = dict(call.receiver.q_options)
+    writes: dict[Any, list[tuple[list[Call], str]]] = {}
+    for task in _group(calls):
+        receiver = task[0].receiver
+        options = dict(receiver.q_options)
         destination = options.pop("broker", None) or options.get("cluster")
         collector = _Collector()
         options["broker"] = collector
+        payload: bytes | tuple[bytes, ...]
+        if receiver.batch is False:
+            func, payload = TASK, task[0].payload
+        else:
+            func, payload = BATCH_TASK, tuple(call.payload for call in task)
         if options.get("sync", Conf.SYNC):
             # Django Q2 runs the task here and now; let the handler's errors
             # reach the caller, as Django Q2 does.
-            async_task(TASK, call.payload, q_options=options)
+            async_task(func, payload, q_options=options)
             continue
         try:
-            async_task(TASK, call.payload, q_options=options)
+            async_task(func, payload, q_options=options)
         except Exception:
             if raise_errors:
                 raise
-            logger.exception("Could not queue %s", call)
+            logger.exception("Could not queue %s", _describe(task))
             continue
-        writes.setdefault(destination, []).append((call, collector.pack))
+        writes.setdefault(destination, []).append((task, collector.pack))
     for destination, items in writes.items():
         try:
             _write(destination, items)
@@ -75,12 +83,38 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
             if raise_errors:
                 raise
             logger.exception(
-                "Could not queue %d call(s), they are lost: %s",
+                "Could not queue %d task(s), they are lost: %s",
                 len(items),
-                "; ".join(str(call) for call, _ in items),
+                "; ".join(_describe(task) for task, _ in items),
             )
         else:
-            logger.debug("Queued %s", ", ".join(str(call) for call, _ in items))
+            if logger.isEnabledFor(logging.DEBUG):
+                tasks = "; ".join(_describe(task) for task, _ in items)
+                logger.debug("Queued %s", tasks)
+
+
+def _group(calls: list[Call]) -> list[list[Call]]:
+    """The tasks for ``calls``, in firing order: one call each, or a batch."""
+    tasks: list[list[Call]] = []
+    batches: dict[Receiver, list[Call]] = {}
+    sizes: dict[Receiver, int] = {}
+    for call in calls:
+        receiver = call.receiver
+        if receiver.batch is False:
+            tasks.append([call])
+            continue
+        if receiver not in sizes:
+            sizes[receiver] = receiver.batch_size
+        batch = batches.get(receiver)
+        if batch is None or len(batch) == sizes[receiver]:
+            batch = batches[receiver] = []
+            tasks.append(batch)
+        batch.append(call)
+    return tasks
+
+
+def _describe(task: list[Call]) -> str:
+    return ", ".join(str(call) for call in task)
 
 
 class _Collector:
@@ -95,10 +129,11 @@ class _Collector:
         self.pack = pack
 
 
-def _write(destination: Any, items: list[tuple[Call, str]]) -> None:
+def _write(destination: Any, items: list[tuple[list[Call], str]]) -> None:
     from django_q.conf import Conf
 
     packs = [pack for _, pack in items]
+    calls = [call for task, _ in items for call in task]
     if destination is not None and not isinstance(destination, str):
         for pack in packs:
             destination.enqueue(pack)
@@ -112,7 +147,7 @@ def _write(destination: Any, items: list[tuple[Call, str]]) -> None:
 
         now = timezone.now()
         rows = [OrmQ(key=key, payload=pack, lock=now) for pack in packs]
-        committed = any(not _in_transaction(call.alias) for call, _ in items)
+        committed = any(not _in_transaction(call.alias) for call in calls)
         broker_db = transaction.get_connection(Conf.ORM)
         if not (committed and broker_db.in_atomic_block):
             OrmQ.objects.using(Conf.ORM).bulk_create(rows)
@@ -127,7 +162,7 @@ def _write(destination: Any, items: list[tuple[Call, str]]) -> None:
             logger.warning(
                 "Queued %s inside the open transaction on %r (the ORM broker's "
                 "SQLite database): they are lost if it rolls back.",
-                ", ".join(str(call) for call, _ in items),
+                ", ".join(map(str, calls)),
                 Conf.ORM,
             )
             OrmQ.objects.using(Conf.ORM).bulk_create(rows)

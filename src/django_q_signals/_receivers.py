@@ -15,7 +15,7 @@ from django.db.models.query import QuerySet
 from django.dispatch import Signal
 from django.utils.inspect import func_accepts_kwargs
 
-from django_q_signals import _payload, _queue
+from django_q_signals import _conf, _payload, _queue
 
 if TYPE_CHECKING:
     from django.db.models import Model
@@ -58,6 +58,7 @@ class Receiver:
         *,
         dispatch_uid: Any,
         on_commit: bool,
+        batch: bool | int,
         snapshot: bool,
         q_options: Mapping[str, Any],
         select_related: tuple[str, ...],
@@ -71,6 +72,7 @@ class Receiver:
         self.sender = sender
         self.dispatch_uid = dispatch_uid
         self.on_commit = on_commit
+        self.batch = batch
         self.snapshot = snapshot
         self.select_related = select_related
         self.prefetch_related = prefetch_related
@@ -88,6 +90,15 @@ class Receiver:
     def is_nested(self) -> bool:
         """Defined inside a function: a worker only knows it if it runs that code."""
         return "<locals>" in self.func.__qualname__
+
+    @property
+    def batch_size(self) -> int:
+        """At most this many calls per task."""
+        if self.batch is False:
+            return 1
+        if self.batch is True:
+            return _conf.batch_size()
+        return self.batch
 
     def is_connected(self) -> bool:
         return any(
@@ -129,6 +140,7 @@ def async_receiver(
     weak: bool = True,
     dispatch_uid: Any = None,
     on_commit: bool = True,
+    batch: bool | int = False,
     snapshot: bool = False,
     q_options: Mapping[str, Any] | None = None,
     select_related: Sequence[str] | None = None,
@@ -138,12 +150,15 @@ def async_receiver(
 
     Used like ``django.dispatch.receiver``. When the signal fires, the call
     is recorded and queued on Django Q2, by default once the transaction on
-    the signal's database commits. The decorated function is returned
-    unchanged. ``weak`` is accepted for symmetry with ``receiver``: the
-    connection is always kept alive.
+    the signal's database commits; with ``batch``, the calls of one commit
+    share tasks of at most ``batch`` calls (``True``: the ``BATCH_SIZE``
+    setting). The decorated function is returned unchanged. ``weak`` is
+    accepted for symmetry with ``receiver``: the connection is always kept
+    alive.
     """
     signals = _check_signals(signal)
     _check_sender(sender)
+    _check_batch(batch)
     options = _check_q_options(q_options)
     related = _check_lookups("select_related", select_related)
     prefetched = _check_lookups("prefetch_related", prefetch_related)
@@ -161,6 +176,7 @@ def async_receiver(
             sender,
             dispatch_uid=uid,
             on_commit=on_commit,
+            batch=batch,
             snapshot=snapshot,
             q_options=options,
             select_related=related,
@@ -234,6 +250,13 @@ def _check_sender(sender: Any) -> None:
         raise ImproperlyConfigured(
             f"{sender!r} is a Django Q2 model: an async receiver for it would "
             "queue a task for every task Django Q2 saves, forever."
+        )
+
+
+def _check_batch(batch: bool | int) -> None:
+    if not (isinstance(batch, bool) or _conf.is_positive_int(batch)):
+        raise TypeError(
+            f"batch must be True, False or a whole number of 1 or more, not {batch!r}."
         )
 
 

@@ -1,37 +1,88 @@
-"""The task Django Q2 workers run for every queued signal.
+"""The tasks Django Q2 workers run for queued signals.
 
-Its dotted path, ``django_q_signals.worker.run_receiver``, is stored in every
-queued task: it stays stable across releases.
+Their dotted paths, ``django_q_signals.worker.run_receiver`` (one call) and
+``django_q_signals.worker.run_batch`` (a batch), are stored in every queued
+task: they stay stable across releases.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from django.dispatch import Signal
 
-from django_q_signals._payload import load, rebuild
-from django_q_signals._receivers import get_receiver
+from django_q_signals._payload import Queued, Rows, describe_rows, load, rebuild
+from django_q_signals._receivers import Receiver, get_receiver
 
 logger = logging.getLogger("django_q_signals")
 
 
 def run_receiver(payload: bytes) -> Any:
     """Rebuild a queued signal's arguments and call its handler."""
+    receiver, [queued] = _find([payload])
+    signal, sender, kwargs = rebuild(receiver, queued, Rows(receiver, [queued]))
+    return _call(receiver, signal, sender, kwargs)
+
+
+def run_batch(payloads: Sequence[bytes]) -> int:
+    """Run a batch of one receiver's calls, in order; fail if any call failed.
+
+    Every call runs even when an earlier one raised; the task then fails with
+    an error that lists the failed calls, so Django Q2 records a failure.
+    """
+    receiver, batch = _find(payloads)
+    rows = Rows(receiver, batch)
+    failures = []
+    for number, queued in enumerate(batch, 1):
+        signal, sender, kwargs = rebuild(receiver, queued, rows)
+        try:
+            _call(receiver, signal, sender, kwargs)
+        except Exception as exc:
+            logger.exception(
+                "%s: call %d of %d failed", receiver.key, number, len(batch)
+            )
+            failures.append(
+                f"call {number} ({describe_rows(queued.arguments)}): "
+                f"{type(exc).__name__}: {exc}"
+            )
+    if failures:
+        raise BatchError(
+            f"{len(failures)} of {len(batch)} calls to {receiver.key} failed: "
+            + "; ".join(failures)
+        )
+    return len(batch)
+
+
+class BatchError(Exception):
+    """Some calls of a batch raised; the others ran."""
+
+
+def _find(payloads: Sequence[bytes]) -> tuple[Receiver, list[Queued]]:
+    """The receiver the payloads are for, and the payloads unpickled."""
     try:
-        queued = load(payload)
-        receiver = get_receiver(queued.key, queued.module)
+        batch = [load(payload) for payload in payloads]
+        keys = {queued.key for queued in batch}
+        if len(keys) != 1:
+            raise ValueError(f"A task must hold calls to one receiver, not {keys}")
+        receiver = get_receiver(batch[0].key, batch[0].module)
         if receiver is None:
             raise LookupError(
-                f"No async receiver {queued.key!r} in this worker. Is the module "
+                f"No async receiver {batch[0].key!r} in this worker. Is the module "
                 "that defines it imported when Django starts (for example from "
                 "an AppConfig.ready())?"
             )
     except (LookupError, ValueError):
         logger.exception("Refused a queued signal")
         raise
-    signal, sender, kwargs = rebuild(receiver, queued)
+    return receiver, batch
+
+
+def _call(
+    receiver: Receiver, signal: Signal, sender: Any, kwargs: dict[str, Any]
+) -> Any:
     logger.debug("Running %s", receiver.key)
     handler = async_to_sync(receiver.func) if receiver.is_async else receiver.func
     return handler(signal=signal, sender=sender, **kwargs)
