@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models.signals import post_save
 
 from django_q_signals import async_receiver
-from tests.models import Draft, Note, Seen
+from tests.models import Bulk, Draft, Note, Seen
 
 
 @async_receiver(post_save, sender=Note)
@@ -40,3 +40,12 @@ def check_draft(instance: Draft | None, **kwargs: Any) -> None:
 @async_receiver(post_save, sender=Draft, on_commit=False)
 def check_draft_eagerly(instance: Draft | None, **kwargs: Any) -> None:
     _check_draft("check_draft_eagerly", instance, **kwargs)
+
+
+@async_receiver(post_save, sender=Bulk, batch=True)
+def record_bulk(instance: Bulk, **kwargs: Any) -> None:
+    if instance.title.startswith("fail"):
+        raise ValueError(f"refused {instance.title}")
+    Seen.objects.create(
+        handler="record_bulk", note_pk=instance.pk, title=instance.title
+    )

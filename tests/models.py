@@ -67,3 +67,9 @@ class Draft(models.Model):
     """Written by the race tests, in slow transactions."""
 
     title = models.CharField(max_length=100)
+
+
+class Bulk(models.Model):
+    """Saved in bulk by the batching worker test."""
+
+    title = models.CharField(max_length=100)

@@ -8,8 +8,8 @@ import pytest
 from django.db import transaction
 
 from tests.conftest import Worker, rolled_back
-from tests.handlers import record_note
-from tests.models import Note, Seen
+from tests.handlers import record_bulk, record_note
+from tests.models import Bulk, Note, Seen
 
 pytestmark = pytest.mark.worker
 
@@ -54,3 +54,21 @@ def test_each_signal_runs_once_in_the_worker_with_committed_data(
     assert seen() == sorted(expected)
     path = f"{record_note.__module__}.{record_note.__qualname__}"
     assert Success.objects.filter(group=path, name=path).count() == 16
+
+
+def test_a_batch_runs_every_call_and_records_the_failed_ones(worker: Worker) -> None:
+    from django_q.models import Failure
+
+    titles = ["ok 1", "fail 2", "ok 3", "fail 4", "ok 5"]
+    with transaction.atomic():
+        bulks = [Bulk.objects.create(title=title) for title in titles]
+    worker.wait_for(Failure.objects.exists)
+
+    ran = Seen.objects.filter(handler="record_bulk").order_by("id")
+    assert list(ran.values_list("title", flat=True)) == ["ok 1", "ok 3", "ok 5"]
+    failure = Failure.objects.get()
+    path = f"{record_bulk.__module__}.{record_bulk.__qualname__}"
+    assert (failure.name, failure.group) == (path, path)
+    assert failure.result.startswith(f"2 of 5 calls to {path} failed: ")
+    assert f"call 2 (instance=<tests.Bulk pk={bulks[1].pk}>)" in failure.result
+    assert "ValueError: refused fail 4" in failure.result

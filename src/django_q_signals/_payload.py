@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import pickle
+from collections import Counter
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from django.apps import apps
@@ -145,12 +146,15 @@ class Rows:
     def __init__(self, receiver: Receiver, batch: list[Queued]) -> None:
         self._receiver = receiver
         wanted: dict[tuple[str, str, bool], set[Any]] = {}
+        # How many calls still want each row: all but the last get a copy.
+        self._uses: Counter[tuple[tuple[str, str, bool], Any]] = Counter()
         for queued in batch:
             for name, value in [("sender", queued.sender), *queued.arguments.items()]:
                 if isinstance(value, Row):
-                    wanted.setdefault(self._key(name, value), set()).add(value.pk)
+                    key = self._key(name, value)
+                    wanted.setdefault(key, set()).add(value.pk)
+                    self._uses[key, value.pk] += 1
         self._found = {key: self._load(key, pks) for key, pks in wanted.items()}
-        self._handed_out: set[int] = set()
 
     def _key(self, name: str, row: Row) -> tuple[str, str, bool]:
         db = row.db or router.db_for_read(apps.get_model(row.label))
@@ -181,10 +185,10 @@ class Rows:
                 name,
             )
             return None
-        if id(found) in self._handed_out:
+        self._uses[key, row.pk] -= 1
+        if self._uses[key, row.pk]:
             # Each call gets its own instance, as it would unbatched.
             return copy.copy(found)
-        self._handed_out.add(id(found))
         return found
 
 

@@ -14,8 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, transaction
 from django.utils import timezone
+
+from django_q_signals._conf import DEFAULTS
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -104,13 +107,24 @@ def _group(calls: list[Call]) -> list[list[Call]]:
             tasks.append([call])
             continue
         if receiver not in sizes:
-            sizes[receiver] = receiver.batch_size
+            sizes[receiver] = _batch_size(receiver)
         batch = batches.get(receiver)
         if batch is None or len(batch) == sizes[receiver]:
             batch = batches[receiver] = []
             tasks.append(batch)
         batch.append(call)
     return tasks
+
+
+def _batch_size(receiver: Receiver) -> int:
+    try:
+        return receiver.batch_size
+    except ImproperlyConfigured:
+        # Raising here would lose the calls of a committed transaction.
+        logger.exception(
+            "%s: batches of %d calls instead", receiver, DEFAULTS["BATCH_SIZE"]
+        )
+        return int(DEFAULTS["BATCH_SIZE"])
 
 
 def _describe(task: list[Call]) -> str:
