@@ -229,3 +229,61 @@ def test_a_failing_call_does_not_stop_the_others(connect: Connect[Any]) -> None:
 def test_a_bad_batch_is_refused(batch: Any) -> None:
     with pytest.raises(TypeError, match="batch must be True, False or a whole number"):
         async_receiver(custom, batch=batch)
+
+
+@pytest.mark.parametrize(
+    ("q_signals", "error"),
+    [
+        ([("BATCH_SIZE", 3)], "settings.Q_SIGNALS must be a dict, not list"),
+        ({"BATCH": 3}, "Unknown settings.Q_SIGNALS keys 'BATCH'"),
+    ],
+)
+def test_bad_q_signals_settings_are_named(
+    titles: list[tuple[bool, str | None]],
+    caplog: pytest.LogCaptureFixture,
+    q_signals: Any,
+    error: str,
+) -> None:
+    with override_settings(Q_SIGNALS=q_signals), transaction.atomic():
+        Article.objects.create(title="kept")
+    assert batch_sizes() == [1]
+    assert error in caplog.text
+
+
+@pytest.mark.parametrize(
+    "relations",
+    [{"select_related": ["author"]}, {"prefetch_related": ["author"]}],
+    ids=["select_related", "prefetch_related"],
+)
+def test_either_relation_option_alone(
+    connect: Connect[Any], relations: dict[str, list[str]]
+) -> None:
+    received = []
+
+    @connect(post_save, sender=Article, batch=True, **relations)
+    def handler(instance: Article, **kwargs: Any) -> None:
+        with CaptureQueriesContext(connection) as queries:
+            assert instance.author is not None
+            received.append((instance.author.name, len(queries)))
+
+    author = Author.objects.create(name="Ada")
+    with transaction.atomic():
+        Article.objects.create(title="a", author=author)
+        Article.objects.create(title="b", author=author)
+    run_queued()
+    assert received == [("Ada", 0), ("Ada", 0)]
+
+
+def test_a_batch_mixing_receivers_is_refused(connect: Connect[Any]) -> None:
+    @connect(custom, batch=True)
+    def one(**kwargs: Any) -> None:
+        pass
+
+    @connect(custom, batch=True)
+    def other(**kwargs: Any) -> None:
+        pass
+
+    custom.send(sender=None)
+    payloads = tuple(task["args"][0][0] for task in queued_tasks())
+    with pytest.raises(ValueError, match="calls to one receiver"):
+        run_batch(payloads)

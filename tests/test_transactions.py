@@ -308,3 +308,13 @@ def test_a_custom_broker_class_gets_the_tasks(
         custom.send(sender=None, n=2)
     custom.send(sender=None, n=3)
     assert OrmQ.objects.using(Conf.ORM).count() == 3
+
+
+def test_nothing_is_formatted_for_debug_logs_nobody_reads(
+    numbers: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="django_q_signals")
+    with transaction.atomic():
+        custom.send(sender=None, n=1)
+    assert caplog.records == []
+    assert len(queued_tasks()) == 1

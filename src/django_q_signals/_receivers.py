@@ -93,12 +93,8 @@ class Receiver:
 
     @property
     def batch_size(self) -> int:
-        """At most this many calls per task."""
-        if self.batch is False:
-            return 1
-        if self.batch is True:
-            return _conf.batch_size()
-        return self.batch
+        """At most this many calls per task, for a batched receiver."""
+        return _conf.batch_size() if self.batch is True else int(self.batch)
 
     def is_connected(self) -> bool:
         return any(
