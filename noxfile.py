@@ -108,3 +108,10 @@ def demo(session: nox.Session) -> None:
     """Run the example project end to end (example/demo.py)."""
     session.install(".")
     session.run("python", "example/demo.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark in bench/: prints a table, writes a chart to bench/results/."""
+    session.install(".", "matplotlib", "redis", "psycopg[binary]")
+    session.run("python", "bench/run.py", *session.posargs)

@@ -166,6 +166,7 @@ def _unreachable(url: str) -> bool:
     return False
 
 
+@pytest.hookimpl(trylast=True)  # after -m has deselected what will not run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> None:
     """Skip what needs absent services, or fail if REQUIRE_SERVICES=1."""
     required = os.environ.get("REQUIRE_SERVICES") == "1"

@@ -1,0 +1,36 @@
+"""The same handler work, one UPDATE per signal, wired five ways."""
+
+from typing import Any
+
+from django.db.models.signals import post_save
+from django.dispatch import receiver
+
+from bench.models import BatchItem, DefaultItem, EagerItem, ManualItem
+from django_q_signals import async_receiver
+
+
+@receiver(post_save, sender=ManualItem)
+def queue_by_hand(instance: ManualItem, created: bool, **kwargs: Any) -> None:
+    from django_q.tasks import async_task
+
+    async_task("bench.handlers.process_by_hand", instance.pk, created)
+
+
+def process_by_hand(pk: int, created: bool) -> None:
+    item = ManualItem.objects.get(pk=pk)
+    ManualItem.objects.filter(pk=item.pk).update(processed=True)
+
+
+@async_receiver(post_save, sender=EagerItem, on_commit=False)
+def process_eagerly(instance: EagerItem, **kwargs: Any) -> None:
+    EagerItem.objects.filter(pk=instance.pk).update(processed=True)
+
+
+@async_receiver(post_save, sender=DefaultItem)
+def process(instance: DefaultItem, **kwargs: Any) -> None:
+    DefaultItem.objects.filter(pk=instance.pk).update(processed=True)
+
+
+@async_receiver(post_save, sender=BatchItem, batch=True)
+def process_in_batches(instance: BatchItem, **kwargs: Any) -> None:
+    BatchItem.objects.filter(pk=instance.pk).update(processed=True)

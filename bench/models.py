@@ -1,0 +1,31 @@
+"""One table per way of wiring the handler, so each has its own receiver."""
+
+from django.db import models
+
+
+class Item(models.Model):
+    n = models.IntegerField()
+    processed = models.BooleanField(default=False)
+
+    class Meta:
+        abstract = True
+
+
+class FloorItem(Item):
+    """No receiver at all: the floor."""
+
+
+class ManualItem(Item):
+    """A plain @receiver calling async_task by hand."""
+
+
+class EagerItem(Item):
+    """@async_receiver(on_commit=False)."""
+
+
+class DefaultItem(Item):
+    """@async_receiver()."""
+
+
+class BatchItem(Item):
+    """@async_receiver(batch=True)."""
