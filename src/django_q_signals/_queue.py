@@ -66,17 +66,17 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
             func, payload = TASK, task[0].payload
         else:
             func, payload = BATCH_TASK, tuple(call.payload for call in task)
-        if options.get("sync", Conf.SYNC):
-            # Django Q2 runs the task here and now; let the handler's errors
-            # reach the caller, as Django Q2 does.
-            async_task(func, payload, q_options=options)
-            continue
+        # In sync mode Django Q2 runs the task here and now: let the
+        # handler's errors reach the caller, as Django Q2 does.
+        sync = options.get("sync", Conf.SYNC)
         try:
             async_task(func, payload, q_options=options)
         except Exception:
-            if raise_errors:
+            if raise_errors or sync:
                 raise
             logger.exception("Could not queue %s", _describe(task))
+            continue
+        if sync:
             continue
         writes.setdefault(destination, []).append((task, collector.pack))
     for destination, items in writes.items():
