@@ -8,7 +8,6 @@ import pytest
 from django.db import connection, transaction
 from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import Signal
-from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from django_q_signals import async_receiver
@@ -67,26 +66,6 @@ def test_batches_hold_at_most_n_calls(connect: Connect[Any]) -> None:
     assert batch_sizes() == [2, 2, 1]
     run_queued()
     assert received == [0, 1, 2, 3, 4]
-
-
-@override_settings(Q_SIGNALS={"BATCH_SIZE": 3})
-def test_batch_true_takes_its_size_from_the_settings(
-    titles: list[tuple[bool, str | None]],
-) -> None:
-    with transaction.atomic():
-        for i in range(7):
-            Article.objects.create(title=str(i))
-    assert batch_sizes() == [3, 3, 1]
-
-
-@override_settings(Q_SIGNALS={"BATCH_SIZE": 0})
-def test_a_bad_batch_size_setting_is_logged_and_nothing_is_lost(
-    titles: list[tuple[bool, str | None]], caplog: pytest.LogCaptureFixture
-) -> None:
-    with transaction.atomic():
-        Article.objects.create(title="kept")
-    assert batch_sizes() == [1]
-    assert "Q_SIGNALS['BATCH_SIZE'] must be a whole number" in caplog.text
 
 
 def test_outside_a_transaction_each_signal_is_a_batch_of_one(
@@ -229,25 +208,6 @@ def test_a_failing_call_does_not_stop_the_others(connect: Connect[Any]) -> None:
 def test_a_bad_batch_is_refused(batch: Any) -> None:
     with pytest.raises(TypeError, match="batch must be True, False or a whole number"):
         async_receiver(custom, batch=batch)
-
-
-@pytest.mark.parametrize(
-    ("q_signals", "error"),
-    [
-        ([("BATCH_SIZE", 3)], "settings.Q_SIGNALS must be a dict, not list"),
-        ({"BATCH": 3}, "Unknown settings.Q_SIGNALS keys 'BATCH'"),
-    ],
-)
-def test_bad_q_signals_settings_are_named(
-    titles: list[tuple[bool, str | None]],
-    caplog: pytest.LogCaptureFixture,
-    q_signals: Any,
-    error: str,
-) -> None:
-    with override_settings(Q_SIGNALS=q_signals), transaction.atomic():
-        Article.objects.create(title="kept")
-    assert batch_sizes() == [1]
-    assert error in caplog.text
 
 
 @pytest.mark.parametrize(

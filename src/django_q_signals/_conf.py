@@ -1,44 +1,157 @@
-"""Project-wide defaults from ``settings.Q_SIGNALS``, read each time they are used.
+"""Project-wide defaults from ``settings.Q_SIGNALS``.
 
-Reading lazily keeps ``override_settings(Q_SIGNALS=...)`` working in tests.
+Read on first use and again after ``override_settings`` changes them, never
+at import, so decorating handlers works before settings are configured.
+
+A bad value does not raise: it is read inside users' ``save()`` calls and
+commit callbacks, where raising would break a request or lose the calls of a
+committed transaction. The default is used instead, an ERROR is logged, and
+the system check ``django_q_signals.E003`` reports it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 
-DEFAULTS: dict[str, Any] = {
-    "BATCH_SIZE": 500,
+logger = logging.getLogger("django_q_signals")
+
+#: Options Django Q2 reads from ``async_task(q_options=...)``.
+Q_OPTION_NAMES = frozenset(
+    {
+        "ack_failure",
+        "broker",
+        "cached",
+        "cluster",
+        "group",
+        "hook",
+        "save",
+        "sync",
+        "task_name",
+        "timeout",
+    }
+)
+
+
+class Config(NamedTuple):
+    batch_size: int = 500
+    on_commit: bool = True
+    q_options: dict[str, Any] = {}  # noqa: RUF012 (never mutated)
+
+
+DEFAULTS = Config()
+
+_SETTING_NAMES = {
+    "BATCH_SIZE": "batch_size",
+    "ON_COMMIT": "on_commit",
+    "Q_OPTIONS": "q_options",
 }
 
+_config: Config | None = None
 
-def _get(name: str) -> Any:
+
+def get() -> Config:
+    """The validated settings, with defaults in place of what is missing or bad."""
+    global _config
+    if _config is None:
+        config, problems = read()
+        for problem in problems:
+            logger.error("%s The default is used instead.", problem)
+        _config = config
+    return _config
+
+
+def read() -> tuple[Config, list[str]]:
+    """``settings.Q_SIGNALS`` as a Config, and what is wrong with it."""
     configured = getattr(settings, "Q_SIGNALS", {})
     if not isinstance(configured, dict):
-        raise ImproperlyConfigured(
+        return DEFAULTS, [
             f"settings.Q_SIGNALS must be a dict, not {type(configured).__name__}."
-        )
-    unknown = sorted(set(configured) - set(DEFAULTS))
+        ]
+    problems = []
+    unknown = sorted(set(configured) - set(_SETTING_NAMES))
     if unknown:
-        raise ImproperlyConfigured(
+        problems.append(
             f"Unknown settings.Q_SIGNALS keys {', '.join(map(repr, unknown))}; "
-            f"the known ones are {', '.join(sorted(DEFAULTS))}."
+            f"the known ones are {', '.join(sorted(_SETTING_NAMES))}."
         )
-    return configured.get(name, DEFAULTS[name])
-
-
-def batch_size() -> int:
-    size = _get("BATCH_SIZE")
-    if not is_positive_int(size):
-        raise ImproperlyConfigured(
-            f"settings.Q_SIGNALS['BATCH_SIZE'] must be a whole number of 1 or "
-            f"more, not {size!r}."
-        )
-    return int(size)
+    values = {}
+    for name, field in _SETTING_NAMES.items():
+        if name in configured:
+            problem = _VALIDATORS[name](configured[name])
+            if problem:
+                problems.append(problem)
+            else:
+                values[field] = configured[name]
+    if "q_options" in values:
+        values["q_options"] = dict(values["q_options"])
+    return DEFAULTS._replace(**values), problems
 
 
 def is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def q_options_problem(q_options: object, where: str) -> str | None:
+    """What is wrong with ``q_options`` given as ``where``, if anything."""
+    if not isinstance(q_options, dict):
+        return f"{where} must be a dict, not {q_options!r}."
+    unknown = sorted(set(q_options) - Q_OPTION_NAMES)
+    if not unknown:
+        return None
+    problem = (
+        f"Unknown {where} {', '.join(map(repr, unknown))}. Django Q2 task options "
+        f"are: {', '.join(sorted(Q_OPTION_NAMES))}."
+    )
+    cluster_wide = sorted({"retry", "max_attempts"} & set(unknown))
+    if cluster_wide:
+        problem += (
+            f" {' and '.join(cluster_wide)} can only be set for the whole cluster, "
+            "in Q_CLUSTER."
+        )
+    return problem
+
+
+def _batch_size_problem(value: object) -> str | None:
+    if is_positive_int(value):
+        return None
+    return (
+        "settings.Q_SIGNALS['BATCH_SIZE'] must be a whole number of 1 or more, "
+        f"not {value!r}."
+    )
+
+
+def _on_commit_problem(value: object) -> str | None:
+    if isinstance(value, bool):
+        return None
+    return f"settings.Q_SIGNALS['ON_COMMIT'] must be True or False, not {value!r}."
+
+
+def _q_options_problem(value: object) -> str | None:
+    where = "settings.Q_SIGNALS['Q_OPTIONS']"
+    problem = q_options_problem(value, where)
+    if problem is None and "task_name" in value:  # type: ignore[operator]
+        # One name for every receiver's tasks would hide which ran.
+        return (
+            f"{where} cannot set task_name: each receiver's tasks are named after it."
+        )
+    return problem
+
+
+_VALIDATORS = {
+    "BATCH_SIZE": _batch_size_problem,
+    "ON_COMMIT": _on_commit_problem,
+    "Q_OPTIONS": _q_options_problem,
+}
+
+
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    global _config
+    if setting == "Q_SIGNALS":
+        _config = None
+
+
+setting_changed.connect(_reset, dispatch_uid="django_q_signals._conf")

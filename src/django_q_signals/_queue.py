@@ -10,15 +10,12 @@ from __future__ import annotations
 import logging
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, transaction
 from django.utils import timezone
-
-from django_q_signals._conf import DEFAULTS
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -33,9 +30,13 @@ logger = logging.getLogger("django_q_signals")
 TASK = "django_q_signals.worker.run_receiver"
 BATCH_TASK = "django_q_signals.worker.run_batch"
 
+#: Where ``django_q_signals.testing`` sends calls instead of the broker; the
+#: last one added wins.
+diversions: list[Callable[[list[Call]], None]] = []
+
 
 def queue_call(call: Call) -> None:
-    if not call.receiver.on_commit:
+    if not call.receiver.waits_for_commit:
         send([call], raise_errors=True)
         return
     connection = transaction.get_connection(call.alias)
@@ -51,13 +52,16 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
     Unless ``raise_errors``, a failure is logged with every call it concerns
     and not raised: the caller's transaction has already committed.
     """
+    if diversions:
+        diversions[-1](calls)
+        return
     from django_q.conf import Conf
     from django_q.tasks import async_task
 
     writes: dict[Any, list[tuple[list[Call], str]]] = {}
     for task in _group(calls):
         receiver = task[0].receiver
-        options = dict(receiver.q_options)
+        options = receiver.task_options()
         destination = options.pop("broker", None) or options.get("cluster")
         collector = _Collector()
         options["broker"] = collector
@@ -107,24 +111,13 @@ def _group(calls: list[Call]) -> list[list[Call]]:
             tasks.append([call])
             continue
         if receiver not in sizes:
-            sizes[receiver] = _batch_size(receiver)
+            sizes[receiver] = receiver.batch_size
         batch = batches.get(receiver)
         if batch is None or len(batch) == sizes[receiver]:
             batch = batches[receiver] = []
             tasks.append(batch)
         batch.append(call)
     return tasks
-
-
-def _batch_size(receiver: Receiver) -> int:
-    try:
-        return receiver.batch_size
-    except ImproperlyConfigured:
-        # Raising here would lose the calls of a committed transaction.
-        logger.exception(
-            "%s: batches of %d calls instead", receiver, DEFAULTS["BATCH_SIZE"]
-        )
-        return int(DEFAULTS["BATCH_SIZE"])
 
 
 def _describe(task: list[Call]) -> str:

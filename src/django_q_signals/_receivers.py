@@ -24,22 +24,6 @@ logger = logging.getLogger("django_q_signals")
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
-#: Options Django Q2 reads from ``async_task(q_options=...)``.
-Q_OPTION_NAMES = frozenset(
-    {
-        "ack_failure",
-        "broker",
-        "cached",
-        "cluster",
-        "group",
-        "hook",
-        "save",
-        "sync",
-        "task_name",
-        "timeout",
-    }
-)
-
 # Django Q2 stores task names and groups in 100-character columns.
 _NAME_LENGTH = 100
 
@@ -57,7 +41,7 @@ class Receiver:
         sender: Any,
         *,
         dispatch_uid: Any,
-        on_commit: bool,
+        on_commit: bool | None,
         batch: bool | int,
         snapshot: bool,
         q_options: Mapping[str, Any],
@@ -78,9 +62,8 @@ class Receiver:
         self.prefetch_related = prefetch_related
         self.is_async = inspect.iscoroutinefunction(func)
         # The tail of a long path is the part that tells handlers apart.
-        name = key[-_NAME_LENGTH:]
-        self.q_options: dict[str, Any] = {"task_name": name, "group": name}
-        self.q_options.update(q_options)
+        self.task_name = key[-_NAME_LENGTH:]
+        self.q_options = dict(q_options)
         self._warned: set[str] = set()
 
     def __repr__(self) -> str:
@@ -92,9 +75,24 @@ class Receiver:
         return "<locals>" in self.func.__qualname__
 
     @property
+    def waits_for_commit(self) -> bool:
+        """Queue at commit: ``on_commit``, or else the ``ON_COMMIT`` setting."""
+        return _conf.get().on_commit if self.on_commit is None else self.on_commit
+
+    @property
     def batch_size(self) -> int:
         """At most this many calls per task, for a batched receiver."""
-        return _conf.batch_size() if self.batch is True else int(self.batch)
+        return _conf.get().batch_size if self.batch is True else int(self.batch)
+
+    def task_options(self) -> dict[str, Any]:
+        """The options for Django Q2: the receiver's, over the settings', over
+        the default name and group."""
+        return {
+            "task_name": self.task_name,
+            "group": self.task_name,
+            **_conf.get().q_options,
+            **self.q_options,
+        }
 
     def is_connected(self) -> bool:
         return any(
@@ -135,7 +133,7 @@ def async_receiver(
     *,
     weak: bool = True,
     dispatch_uid: Any = None,
-    on_commit: bool = True,
+    on_commit: bool | None = None,
     batch: bool | int = False,
     snapshot: bool = False,
     q_options: Mapping[str, Any] | None = None,
@@ -146,14 +144,16 @@ def async_receiver(
 
     Used like ``django.dispatch.receiver``. When the signal fires, the call
     is recorded and queued on Django Q2, by default once the transaction on
-    the signal's database commits; with ``batch``, the calls of one commit
-    share tasks of at most ``batch`` calls (``True``: the ``BATCH_SIZE``
-    setting). The decorated function is returned unchanged. ``weak`` is
-    accepted for symmetry with ``receiver``: the connection is always kept
-    alive.
+    the signal's database commits (``on_commit=None`` takes the
+    ``Q_SIGNALS["ON_COMMIT"]`` setting, True unless set); with ``batch``,
+    the calls of one commit share tasks of at most ``batch`` calls (``True``:
+    the ``BATCH_SIZE`` setting). The decorated function is returned
+    unchanged. ``weak`` is accepted for symmetry with ``receiver``: the
+    connection is always kept alive.
     """
     signals = _check_signals(signal)
     _check_sender(sender)
+    _check_on_commit(on_commit)
     _check_batch(batch)
     options = _check_q_options(q_options)
     related = _check_lookups("select_related", select_related)
@@ -249,6 +249,11 @@ def _check_sender(sender: Any) -> None:
         )
 
 
+def _check_on_commit(on_commit: bool | None) -> None:
+    if not (on_commit is None or isinstance(on_commit, bool)):
+        raise TypeError(f"on_commit must be True, False or None, not {on_commit!r}.")
+
+
 def _check_batch(batch: bool | int) -> None:
     if not (isinstance(batch, bool) or _conf.is_positive_int(batch)):
         raise TypeError(
@@ -261,12 +266,9 @@ def _check_q_options(q_options: Mapping[str, Any] | None) -> dict[str, Any]:
         return {}
     if not isinstance(q_options, Mapping):
         raise TypeError(f"q_options must be a dict, not {q_options!r}.")
-    unknown = sorted(set(q_options) - Q_OPTION_NAMES)
-    if unknown:
-        raise TypeError(
-            f"Unknown q_options {', '.join(map(repr, unknown))}. Django Q2 task "
-            f"options are: {', '.join(sorted(Q_OPTION_NAMES))}."
-        )
+    problem = _conf.q_options_problem(dict(q_options), "q_options")
+    if problem:
+        raise TypeError(problem)
     return dict(q_options)
 
 

@@ -1,0 +1,184 @@
+"""Project-wide defaults in settings.Q_SIGNALS: SPEC section 6."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import transaction
+from django.db.models.signals import post_save
+from django.dispatch import Signal
+from django.test import override_settings
+
+from django_q_signals import async_receiver
+from tests.conftest import Connect, queued_tasks, run_queued
+from tests.models import Article
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+custom = Signal()
+
+
+@pytest.fixture
+def numbers(connect: Connect[Any]) -> list[int]:
+    received: list[int] = []
+
+    @connect(custom)
+    def handler(n: int, **kwargs: Any) -> None:
+        received.append(n)
+
+    return received
+
+
+@override_settings(Q_SIGNALS={"ON_COMMIT": False})
+def test_on_commit_false_in_the_settings_queues_inside_the_transaction(
+    numbers: list[int],
+) -> None:
+    with transaction.atomic():
+        custom.send(sender=None, n=1)
+        assert len(queued_tasks()) == 1
+    run_queued()
+    assert numbers == [1]
+
+
+@override_settings(Q_SIGNALS={"ON_COMMIT": False})
+def test_on_commit_given_to_the_decorator_wins_over_the_settings(
+    connect: Connect[Any],
+) -> None:
+    @connect(custom, on_commit=True)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    with transaction.atomic():
+        custom.send(sender=None)
+        assert queued_tasks() == []
+    assert len(queued_tasks()) == 1
+
+
+def test_settings_are_read_when_the_signal_fires_not_when_decorating(
+    numbers: list[int],
+) -> None:
+    with override_settings(Q_SIGNALS={"ON_COMMIT": False}), transaction.atomic():
+        custom.send(sender=None, n=1)
+        assert len(queued_tasks()) == 1
+    with transaction.atomic():
+        custom.send(sender=None, n=2)
+        assert len(queued_tasks()) == 1
+    assert len(queued_tasks()) == 2
+
+
+@override_settings(Q_SIGNALS={"Q_OPTIONS": {"group": "signals", "timeout": 9}})
+def test_default_q_options_reach_django_q2(numbers: list[int]) -> None:
+    custom.send(sender=None, n=1)
+    [task] = queued_tasks()
+    assert (task["group"], task["timeout"]) == ("signals", 9)
+    # The task is still named after its receiver.
+    assert task["name"] == "tests.test_settings.numbers.<locals>.handler"
+
+
+@override_settings(Q_SIGNALS={"Q_OPTIONS": {"group": "signals", "timeout": 9}})
+def test_a_receivers_q_options_win_over_the_defaults(connect: Connect[Any]) -> None:
+    @connect(custom, q_options={"timeout": 3})
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    custom.send(sender=None)
+    [task] = queued_tasks()
+    assert (task["group"], task["timeout"]) == ("signals", 3)
+
+
+@override_settings(Q_SIGNALS={"BATCH_SIZE": 3})
+def test_batch_true_takes_its_size_from_the_settings(connect: Connect[Any]) -> None:
+    @connect(custom, batch=True)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    with transaction.atomic():
+        for n in range(7):
+            custom.send(sender=None, n=n)
+    assert [len(task["args"][0]) for task in queued_tasks()] == [3, 3, 1]
+
+
+@pytest.mark.parametrize(
+    ("q_signals", "error"),
+    [
+        ([("ON_COMMIT", False)], "settings.Q_SIGNALS must be a dict, not list."),
+        (
+            {"ON_COMIT": False},
+            (
+                "Unknown settings.Q_SIGNALS keys 'ON_COMIT'; the known ones are "
+                "BATCH_SIZE, ON_COMMIT, Q_OPTIONS."
+            ),
+        ),
+        (
+            {"ON_COMMIT": "no"},
+            "settings.Q_SIGNALS['ON_COMMIT'] must be True or False, not 'no'.",
+        ),
+        (
+            {"BATCH_SIZE": 0},
+            (
+                "settings.Q_SIGNALS['BATCH_SIZE'] must be a whole number of 1 or more, "
+                "not 0."
+            ),
+        ),
+        (
+            {"Q_OPTIONS": [("timeout", 9)]},
+            "settings.Q_SIGNALS['Q_OPTIONS'] must be a dict, not [('timeout', 9)].",
+        ),
+        (
+            {"Q_OPTIONS": {"retry": 9}},
+            (
+                "Unknown settings.Q_SIGNALS['Q_OPTIONS'] 'retry'. Django Q2 task "
+                "options are: ack_failure, broker, cached, cluster, group, hook, "
+                "save, sync, task_name, timeout. retry can only be set for the "
+                "whole cluster, in Q_CLUSTER."
+            ),
+        ),
+        (
+            {"Q_OPTIONS": {"task_name": "all"}},
+            (
+                "settings.Q_SIGNALS['Q_OPTIONS'] cannot set task_name: each receiver's "
+                "tasks are named after it."
+            ),
+        ),
+    ],
+)
+def test_a_bad_setting_is_logged_and_its_default_used(
+    numbers: list[int],
+    caplog: pytest.LogCaptureFixture,
+    q_signals: Any,
+    error: str,
+) -> None:
+    with override_settings(Q_SIGNALS=q_signals), transaction.atomic():
+        custom.send(sender=None, n=1)
+        # ON_COMMIT's default: nothing is queued before the commit.
+        assert queued_tasks() == []
+    [task] = queued_tasks()
+    assert "timeout" not in task or task["timeout"] != 9
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"{error} The default is used instead."
+    ]
+    run_queued()
+    assert numbers == [1]
+
+
+def test_a_bad_batch_size_setting_keeps_every_call(
+    connect: Connect[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    received = []
+
+    @connect(post_save, sender=Article, batch=True)
+    def handler(instance: Article, **kwargs: Any) -> None:
+        received.append(instance.title)
+
+    with override_settings(Q_SIGNALS={"BATCH_SIZE": "10"}), transaction.atomic():
+        Article.objects.create(title="kept")
+    run_queued()
+    assert received == ["kept"]
+    assert "settings.Q_SIGNALS['BATCH_SIZE'] must be a whole number" in caplog.text
+
+
+@pytest.mark.parametrize("on_commit", ["yes", 1])
+def test_a_bad_on_commit_is_refused(on_commit: Any) -> None:
+    with pytest.raises(TypeError, match="on_commit must be True, False or None"):
+        async_receiver(custom, on_commit=on_commit)
