@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from io import StringIO
 from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import SystemCheckError
 from django.dispatch import Signal
 from django.test import override_settings
 
@@ -56,6 +58,88 @@ def test_e002_no_usable_q_cluster(q_cluster: Any, text: str) -> None:
 def test_e002_silent_for_a_redis_broker() -> None:
     with override_settings(Q_CLUSTER={"name": "x", "redis": {"host": "localhost"}}):
         assert checks.check_q_cluster() == []
+
+
+def test_e002_no_broker_and_no_redis_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    # None in sys.modules makes ``import redis`` fail as if it were not installed.
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with override_settings(Q_CLUSTER={"name": "x"}):
+        messages = checks.check_q_cluster()
+    assert ids(messages) == ["django_q_signals.E002"]
+    assert "the redis package is not installed" in messages[0].msg
+
+
+def test_e002_silent_for_the_default_redis_broker_with_redis_installed() -> None:
+    with override_settings(Q_CLUSTER={"name": "x"}):
+        assert checks.check_q_cluster() == []
+
+
+def test_e003_bad_q_signals_settings() -> None:
+    with override_settings(Q_SIGNALS={"BATCH_SIZE": 0, "ON_COMMIT": "no"}):
+        messages = checks.check_settings()
+    assert ids(messages) == ["django_q_signals.E003"] * 2
+    assert [message.msg for message in messages] == [
+        "settings.Q_SIGNALS['BATCH_SIZE'] must be a whole number of 1 or more, not 0.",
+        "settings.Q_SIGNALS['ON_COMMIT'] must be True or False, not 'no'.",
+    ]
+
+    out = StringIO()
+    with override_settings(Q_SIGNALS=[]), pytest.raises(SystemCheckError) as error:
+        call_command("check", stdout=out, stderr=out)
+    assert "django_q_signals.E003" in str(error.value)
+
+
+def test_e003_silent_for_good_settings() -> None:
+    q_signals = {"BATCH_SIZE": 100, "ON_COMMIT": False, "Q_OPTIONS": {"timeout": 5}}
+    with override_settings(Q_SIGNALS=q_signals):
+        assert checks.check_settings() == []
+
+
+@pytest.mark.parametrize(("timeout", "retry"), [(60, 60), (90, 60), (60, None)])
+def test_w002_retry_not_above_timeout(timeout: int, retry: int | None) -> None:
+    q_cluster = {"name": "x", "orm": "default", "timeout": timeout}
+    if retry is not None:
+        q_cluster["retry"] = retry
+    with override_settings(Q_CLUSTER=q_cluster):
+        messages = checks.check_retry_above_timeout()
+    assert ids(messages) == ["django_q_signals.W002"]
+    assert messages[0].msg.startswith(
+        f"Q_CLUSTER['retry'] ({retry or 60}) is not above Q_CLUSTER['timeout'] "
+        f"({timeout}), so a broker that redelivers"
+    )
+
+
+def test_w002_a_receiver_timeout_not_below_retry(connect: Connect[Any]) -> None:
+    @connect(custom, q_options={"timeout": 120})
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    messages = checks.check_retry_above_timeout()
+    assert ids(messages) == ["django_q_signals.W002"]
+    assert messages[0].obj is handler
+    assert "have a timeout of 120 seconds, not below Q_CLUSTER['retry'] (60)" in (
+        messages[0].msg
+    )
+
+
+def test_w002_a_default_timeout_from_the_settings(connect: Connect[Any]) -> None:
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    with override_settings(Q_SIGNALS={"Q_OPTIONS": {"timeout": 60}}):
+        [message] = checks.check_retry_above_timeout()
+    assert message.obj is handler
+
+
+def test_w002_silent_when_retry_is_above_every_timeout(connect: Connect[Any]) -> None:
+    @connect(custom, q_options={"timeout": 59})
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert checks.check_retry_above_timeout() == []
+    with override_settings(Q_CLUSTER="orm"):
+        assert checks.check_retry_above_timeout() == []
 
 
 def test_w001_handler_defined_in_a_function(connect: Connect[Any]) -> None:

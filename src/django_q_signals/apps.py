@@ -11,4 +11,6 @@ class DjangoQSignalsConfig(AppConfig):
 
         checks.register(signal_checks.check_django_q_installed)
         checks.register(signal_checks.check_q_cluster)
+        checks.register(signal_checks.check_settings)
+        checks.register(signal_checks.check_retry_above_timeout)
         checks.register(signal_checks.check_receivers_importable)

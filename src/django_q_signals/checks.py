@@ -8,7 +8,19 @@ from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
+from django_q_signals import _conf
 from django_q_signals._receivers import all_receivers
+
+# Q_CLUSTER keys that choose a broker other than Django Q2's default, Redis.
+_BROKER_KEYS = (
+    "orm",
+    "redis",
+    "django_redis",
+    "iron_mq",
+    "sqs",
+    "mongo",
+    "broker_class",
+)
 
 
 def check_django_q_installed(**kwargs: Any) -> list[CheckMessage]:
@@ -50,7 +62,82 @@ def check_q_cluster(**kwargs: Any) -> list[CheckMessage]:
                 id="django_q_signals.E002",
             )
         ]
+    if not any(q_cluster.get(key) for key in _BROKER_KEYS):
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            return [
+                Error(
+                    "Q_CLUSTER names no broker, so Django Q2 uses Redis, but the "
+                    "redis package is not installed.",
+                    hint="Set Q_CLUSTER['orm'] = 'default' for the database broker, "
+                    "or install redis and set Q_CLUSTER['redis'].",
+                    id="django_q_signals.E002",
+                )
+            ]
     return []
+
+
+def check_settings(**kwargs: Any) -> list[CheckMessage]:
+    _, problems = _conf.read()
+    return [
+        Error(
+            problem,
+            hint="Q_SIGNALS takes BATCH_SIZE (a whole number), ON_COMMIT (True or "
+            "False) and Q_OPTIONS (a dict of Django Q2 task options).",
+            id="django_q_signals.E003",
+        )
+        for problem in problems
+    ]
+
+
+def check_retry_above_timeout(**kwargs: Any) -> list[CheckMessage]:
+    q_cluster = getattr(settings, "Q_CLUSTER", None)
+    if not isinstance(q_cluster, dict):
+        return []  # E002
+    retry = q_cluster.get("retry", 60)
+    hint = (
+        "Set Q_CLUSTER['retry'] some seconds above the longest task timeout, or "
+        "lower the timeout."
+    )
+    why = (
+        "so a broker that redelivers unacknowledged tasks (the ORM broker, SQS, "
+        "...) gives a task that is still running to a second worker, and its "
+        "handler runs twice."
+    )
+    warnings: list[CheckMessage] = []
+    timeout = q_cluster.get("timeout")
+    if _not_below(timeout, retry):
+        warnings.append(
+            Warning(
+                f"Q_CLUSTER['retry'] ({retry}) is not above Q_CLUSTER['timeout'] "
+                f"({timeout}), {why}",
+                hint=hint,
+                id="django_q_signals.W002",
+            )
+        )
+    for receiver in all_receivers():
+        if not receiver.is_connected():
+            continue
+        own_timeout = receiver.task_options().get("timeout")
+        if own_timeout != timeout and _not_below(own_timeout, retry):
+            warnings.append(
+                Warning(
+                    f"The tasks of {receiver.key} have a timeout of {own_timeout} "
+                    f"seconds, not below Q_CLUSTER['retry'] ({retry}), {why}",
+                    hint=hint,
+                    obj=receiver.func,
+                    id="django_q_signals.W002",
+                )
+            )
+    return warnings
+
+
+def _not_below(timeout: object, retry: object) -> bool:
+    numbers = (int, float)
+    return (
+        isinstance(timeout, numbers) and isinstance(retry, numbers) and timeout >= retry
+    )
 
 
 def check_receivers_importable(**kwargs: Any) -> list[CheckMessage]:
