@@ -59,7 +59,7 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
     from django_q.tasks import async_task
 
     writes: dict[Any, list[tuple[list[Call], str]]] = {}
-    for task in _group(calls):
+    for task in group_tasks(calls):
         receiver = task[0].receiver
         options = receiver.task_options()
         destination = options.pop("broker", None) or options.get("cluster")
@@ -100,7 +100,7 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
                 logger.debug("Queued %s", tasks)
 
 
-def _group(calls: list[Call]) -> list[list[Call]]:
+def group_tasks(calls: list[Call]) -> list[list[Call]]:
     """The tasks for ``calls``, in firing order: one call each, or a batch."""
     tasks: list[list[Call]] = []
     batches: dict[Receiver, list[Call]] = {}
