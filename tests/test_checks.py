@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import types
 from io import StringIO
 from typing import Any
 
@@ -169,6 +170,31 @@ def test_w001_handler_defined_in_main(connect: Connect[Any]) -> None:
 
     [message] = checks.check_receivers_importable()
     assert "__main__" in message.msg
+
+
+@pytest.mark.parametrize(
+    "module", ["no_such_module", "no_such_package.module", "built_at_run_time"]
+)
+def test_w001_handler_in_a_module_that_cannot_be_imported(
+    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    # A module made at run time is in sys.modules, but has nothing to import.
+    monkeypatch.setitem(
+        sys.modules, "built_at_run_time", types.ModuleType("built_at_run_time")
+    )
+
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    handler.__module__ = module
+    handler.__qualname__ = "handler"
+    connect(custom)(handler)
+
+    [message] = checks.check_receivers_importable()
+    assert message.msg == (
+        f"The async receiver {module}.handler is defined in {module!r}, which "
+        "cannot be imported by that name."
+    )
 
 
 def test_w001_silent_for_module_level_handlers() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from django.apps import apps
@@ -133,6 +134,13 @@ def check_retry_above_timeout(**kwargs: Any) -> list[CheckMessage]:
     return warnings
 
 
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _not_below(timeout: object, retry: object) -> bool:
     numbers = (int, float)
     return (
@@ -151,6 +159,8 @@ def check_receivers_importable(**kwargs: Any) -> list[CheckMessage]:
             where = (
                 "inside a function, so a worker only knows it if it runs that function"
             )
+        elif not _importable(receiver.module):
+            where = f"in {receiver.module!r}, which cannot be imported by that name"
         else:
             continue
         warnings.append(
