@@ -135,6 +135,14 @@ def test_batch_true_takes_its_size_from_the_settings(connect: Connect[Any]) -> N
             ),
         ),
         (
+            {"Q_OPTIONS": {"gruop": "mail"}},
+            (
+                "Unknown settings.Q_SIGNALS['Q_OPTIONS'] 'gruop'. Django Q2 task "
+                "options are: ack_failure, broker, cached, cluster, group, hook, "
+                "save, sync, task_name, timeout."
+            ),
+        ),
+        (
             {"Q_OPTIONS": {"task_name": "all"}},
             (
                 "settings.Q_SIGNALS['Q_OPTIONS'] cannot set task_name: each receiver's "
