@@ -6,6 +6,7 @@ Module level, so a worker finds them by importing this module.
 from typing import Any
 
 from django.db.models.signals import post_save
+from django.dispatch import Signal
 
 from django_q_signals import async_receiver
 from tests.models import Bulk, Draft, Note, Seen
@@ -49,3 +50,18 @@ def record_bulk(instance: Bulk, **kwargs: Any) -> None:
     Seen.objects.create(
         handler="record_bulk", note_pk=instance.pk, title=instance.title
     )
+
+
+# The qsignals command's worker test: one handler that succeeds, one that fails.
+
+stats_probe = Signal()
+
+
+@async_receiver(stats_probe)
+def probe_succeeds(**kwargs: Any) -> None:
+    pass
+
+
+@async_receiver(stats_probe)
+def probe_fails(**kwargs: Any) -> None:
+    raise RuntimeError("the probe failed, as it should")

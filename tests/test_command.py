@@ -1,0 +1,481 @@
+"""``manage.py qsignals``: the receivers it lists and the task results it counts."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from io import StringIO
+from types import ModuleType
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import Signal
+from django.test import override_settings
+
+from django_q_signals import _receivers
+from django_q_signals._queue import BATCH_TASK, TASK
+from tests.conftest import Connect, Worker
+from tests.handlers import probe_fails, probe_succeeds, stats_probe
+from tests.models import Article
+
+custom = Signal()
+
+NOON = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def qsignals(*args: str) -> str:
+    out = StringIO()
+    call_command("qsignals", *args, stdout=out)
+    return out.getvalue()
+
+
+def blocks(output: str) -> dict[str, dict[str, str]]:
+    """Each receiver's ``label: value`` lines, by the handler path heading them."""
+    found = {}
+    for block in output.strip("\n").split("\n\n"):
+        heading, *lines = block.splitlines()
+        pairs = (line.partition(":") for line in lines)
+        found[heading] = {label.strip(): value.strip() for label, _, value in pairs}
+    return found
+
+
+def path(func: Callable[..., Any]) -> str:
+    return f"{func.__module__}.{func.__qualname__}"
+
+
+def save_task(
+    name: str,
+    *,
+    success: bool,
+    stopped: datetime = NOON,
+    result: Any = None,
+    func: str = TASK,
+) -> None:
+    """A task result, saved as a Django Q2 worker saves it."""
+    from django_q.models import Task
+
+    Task.objects.create(
+        id=uuid.uuid4().hex,
+        name=name,
+        func=func,
+        started=stopped - timedelta(seconds=1),
+        stopped=stopped,
+        success=success,
+        result=result,
+        group=name,
+    )
+
+
+def failure(message: str) -> str:
+    """A failure's result, as Django Q2 records an exception."""
+    return (
+        f"{message} : Traceback (most recent call last):\n"
+        '  File "handler.py", line 1, in handler\n'
+        f"ValueError: {message}\n"
+    )
+
+
+# Listing
+
+
+def test_lists_a_receiver_as_a_block_of_signal_sender_and_options(
+    connect: Connect[Any],
+) -> None:
+    @connect(post_save, sender=Article)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    key = path(handler)
+    assert (
+        f"{key}\n"
+        "    signal:        django.db.models.signals.post_save\n"
+        "    sender:        tests.Article\n"
+        "    options:       on_commit=True (from Q_SIGNALS['ON_COMMIT'])\n"
+        f"    q_options:     task_name='{key}', group='{key}'\n"
+        "\n"
+    ) in qsignals()
+
+
+def test_names_a_lazy_string_sender_as_given(connect: Connect[Any]) -> None:
+    @connect(post_save, sender="tests.Article")
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["sender"] == "tests.Article"
+
+
+def test_names_no_sender_any(connect: Connect[Any]) -> None:
+    @connect(post_save)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["sender"] == "any"
+
+
+def test_names_another_sender_by_its_repr(connect: Connect[Any]) -> None:
+    class Sender:
+        def __repr__(self) -> str:
+            return "<the sender>"
+
+    @connect(custom, sender=Sender())
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["sender"] == "<the sender>"
+
+
+def test_lists_every_signal_of_a_list(connect: Connect[Any]) -> None:
+    @connect([post_save, post_delete], sender=Article)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["signals"] == (
+        "django.db.models.signals.post_save, django.db.models.signals.post_delete"
+    )
+
+
+def test_names_a_custom_signal_after_its_module(connect: Connect[Any]) -> None:
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["signal"] == "tests.test_command.custom"
+
+
+def test_names_a_signal_after_the_module_that_defines_it(
+    connect: Connect[Any],
+) -> None:
+    from django_q import signals
+
+    # A shorter name, also in a module called signals, that only imports it.
+    assert signals.post_save is post_save
+
+    @connect(post_save, sender=Article)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["signal"] == (
+        "django.db.models.signals.post_save"
+    )
+
+
+def without_source(name: str, **attributes: Any) -> ModuleType:
+    module = ModuleType(name)
+    vars(module).update(attributes)
+    return module
+
+
+def test_prefers_a_signals_module_when_no_source_tells(
+    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unnamed = Signal()
+    for name in ("elsewhere.signals", "elsewhere.x"):
+        monkeypatch.setitem(sys.modules, name, without_source(name, sig=unnamed))
+
+    @connect(unnamed)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["signal"] == "elsewhere.signals.sig"
+
+
+def test_prefers_the_shortest_name_when_nothing_else_tells(
+    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unnamed = Signal()
+    for name in ("elsewhere.abc", "elsewhere.b", "elsewhere.a"):
+        monkeypatch.setitem(sys.modules, name, without_source(name, sig=unnamed))
+
+    @connect(unnamed)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["signal"] == "elsewhere.a.sig"
+
+
+def test_names_a_signal_no_module_holds_by_its_repr(connect: Connect[Any]) -> None:
+    unnamed = Signal()
+
+    @connect(unnamed)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["signal"] == repr(unnamed)
+
+
+def test_shows_the_options_that_are_set(connect: Connect[Any]) -> None:
+    @connect(
+        post_save,
+        sender=Article,
+        on_commit=False,
+        batch=20,
+        snapshot=True,
+        select_related=["author"],
+        prefetch_related=["tags", "author__article_set"],
+        q_options={"task_name": "articles", "timeout": 60},
+    )
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    shown = blocks(qsignals())[path(handler)]
+    assert shown["options"] == (
+        "on_commit=False, batch=20, snapshot=True, select_related=author, "
+        "prefetch_related=tags,author__article_set"
+    )
+    assert shown["q_options"] == (
+        f"task_name='articles', group='{path(handler)}', timeout=60"
+    )
+
+
+@override_settings(Q_SIGNALS={"BATCH_SIZE": 50})
+def test_shows_the_batch_size_from_settings(connect: Connect[Any]) -> None:
+    @connect(post_save, sender=Article, on_commit=True, batch=True)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["options"] == (
+        "on_commit=True, batch=True (50 calls per task, from Q_SIGNALS['BATCH_SIZE'])"
+    )
+
+
+@override_settings(Q_SIGNALS={"ON_COMMIT": False})
+def test_shows_on_commit_from_settings(connect: Connect[Any]) -> None:
+    @connect(post_save, sender=Article)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["options"] == (
+        "on_commit=False (from Q_SIGNALS['ON_COMMIT'])"
+    )
+
+
+@override_settings(Q_SIGNALS={"Q_OPTIONS": {"timeout": 90, "group": "signals"}})
+def test_shows_q_options_from_settings_under_the_receivers(
+    connect: Connect[Any],
+) -> None:
+    @connect(post_save, sender=Article, q_options={"timeout": 30})
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["q_options"] == (
+        f"task_name='{path(handler)}', group='signals', timeout=30"
+    )
+
+
+def test_lists_receivers_sorted_by_handler_path(connect: Connect[Any]) -> None:
+    def second(**kwargs: Any) -> None:
+        pass
+
+    def first(**kwargs: Any) -> None:
+        pass
+
+    connect(custom)(second)
+    connect(custom)(first)
+
+    listed = list(blocks(qsignals()))
+    assert listed.index(path(first)) < listed.index(path(second))
+    assert listed == sorted(listed)
+
+
+def test_leaves_out_disconnected_receivers(connect: Connect[Any]) -> None:
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    custom.disconnect(handler)
+
+    assert path(handler) not in qsignals()
+
+
+def test_says_when_no_receiver_is_connected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_receivers, "_registry", {})
+
+    assert qsignals() == "No async receivers are connected.\n"
+
+
+# --stats
+
+
+@pytest.mark.django_db
+def test_stats_counts_each_receivers_successes_and_failures(
+    connect: Connect[Any],
+) -> None:
+    @connect(custom)
+    def busy(**kwargs: Any) -> None:
+        pass
+
+    @connect(custom)
+    def idle(**kwargs: Any) -> None:
+        pass
+
+    for _ in range(3):
+        save_task(path(busy), success=True)
+    save_task(path(busy), success=False, result=failure("no"))
+    # Another function's task under the same name is not the receiver's.
+    save_task(path(busy), success=True, func="tests.tasks.other")
+
+    shown = blocks(qsignals("--stats"))
+    assert shown[path(busy)]["tasks"] == "3 succeeded, 1 failed"
+    assert shown[path(idle)]["tasks"] == "0 succeeded, 0 failed"
+    assert "last failure" not in shown[path(idle)]
+
+
+@pytest.mark.django_db
+def test_stats_says_a_batch_task_counts_once(connect: Connect[Any]) -> None:
+    @connect(custom, batch=10)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    save_task(path(handler), success=True, func=BATCH_TASK, result=10)
+
+    assert blocks(qsignals("--stats"))[path(handler)]["tasks"] == (
+        "1 succeeded, 0 failed (a batch task counts once, however many calls it held)"
+    )
+
+
+@pytest.mark.django_db
+def test_stats_show_the_last_failure_by_time(connect: Connect[Any]) -> None:
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    later = NOON + timedelta(minutes=5)
+    save_task(path(handler), success=False, stopped=later, result=failure("later"))
+    save_task(path(handler), success=False, stopped=NOON, result=failure("earlier"))
+
+    assert blocks(qsignals("--stats"))[path(handler)]["last failure"] == (
+        "2025-03-01 12:05:00+00:00  later"
+    )
+
+
+@pytest.mark.django_db
+def test_stats_show_the_first_line_of_a_failure(connect: Connect[Any]) -> None:
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    save_task(path(handler), success=False, result=failure("first line\nsecond"))
+
+    assert blocks(qsignals("--stats"))[path(handler)]["last failure"] == (
+        "2025-03-01 12:00:00+00:00  first line"
+    )
+
+
+@pytest.mark.django_db
+def test_stats_shorten_a_long_failure(connect: Connect[Any]) -> None:
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    save_task(path(handler), success=False, result=failure("x" * 300))
+
+    shown = blocks(qsignals("--stats"))[path(handler)]["last failure"]
+    assert shown == "2025-03-01 12:00:00+00:00  " + "x" * 197 + "..."
+
+
+@pytest.mark.django_db
+def test_stats_take_one_query_and_one_per_receiver_with_failures(
+    connect: Connect[Any], django_assert_num_queries: Any
+) -> None:
+    @connect(custom)
+    def failing(**kwargs: Any) -> None:
+        pass
+
+    @connect(custom)
+    def failing_too(**kwargs: Any) -> None:
+        pass
+
+    @connect(custom)
+    def succeeding(**kwargs: Any) -> None:
+        pass
+
+    save_task(path(failing), success=False, result=failure("no"))
+    save_task(path(failing_too), success=False, result=failure("no"))
+    save_task(path(succeeding), success=True)
+
+    with django_assert_num_queries(3):
+        qsignals("--stats")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("limit", "per", "note"),
+    [
+        (0, None, "Django Q2 keeps every task (Q_CLUSTER['save_limit'] is 0)."),
+        (
+            250,
+            None,
+            (
+                "Django Q2 keeps only the last 250 successful tasks "
+                "(Q_CLUSTER['save_limit']): older successes are not counted."
+            ),
+        ),
+        (
+            10,
+            "name",
+            (
+                "Django Q2 keeps only the last 10 successful tasks per name "
+                "(Q_CLUSTER['save_limit']): older successes are not counted."
+            ),
+        ),
+        (
+            -1,
+            None,
+            (
+                "Django Q2 saves no successful tasks (Q_CLUSTER['save_limit'] is "
+                "below 0): only failures are counted."
+            ),
+        ),
+    ],
+)
+def test_stats_end_with_what_django_q2_keeps(
+    connect: Connect[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    limit: int,
+    per: str | None,
+    note: str,
+) -> None:
+    from django_q.conf import Conf
+
+    # Django Q2 reads Q_CLUSTER once, when django_q.conf is imported.
+    monkeypatch.setattr(Conf, "SAVE_LIMIT", limit)
+    monkeypatch.setattr(Conf, "SAVE_LIMIT_PER", per)
+
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert qsignals("--stats").endswith(f"\n\n{note}\n")
+
+
+def test_stats_need_django_q_installed() -> None:
+    apps = ["django.contrib.contenttypes", "django_q_signals", "tests"]
+    with override_settings(INSTALLED_APPS=apps), pytest.raises(CommandError) as error:
+        qsignals("--stats")
+    assert str(error.value) == (
+        "--stats reads the task results Django Q2 saves, but 'django_q' is not "
+        "in INSTALLED_APPS."
+    )
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_stats_count_what_a_real_worker_ran(worker: Worker) -> None:
+    from django_q.models import Task
+
+    names = [path(probe_succeeds), path(probe_fails)]
+    stats_probe.send(sender=None)
+    worker.wait_for(lambda: Task.objects.filter(name__in=names).count() == 2)
+
+    shown = blocks(qsignals("--stats"))
+    assert shown[path(probe_succeeds)]["tasks"] == "1 succeeded, 0 failed"
+    assert "last failure" not in shown[path(probe_succeeds)]
+    assert shown[path(probe_fails)]["tasks"] == "0 succeeded, 1 failed"
+    when, _, message = shown[path(probe_fails)]["last failure"].partition("  ")
+    assert message == "the probe failed, as it should"
+    stopped = Task.objects.get(name=path(probe_fails)).stopped
+    assert datetime.fromisoformat(when) == stopped.replace(microsecond=0)
