@@ -241,6 +241,8 @@ def wait_and_check(
             missing.append((handler, article_pk, received))
         else:
             unmatched.remove(match)
+    from django.core.management import call_command
+
     rolled_back_ran = any(call.article_pk == rolled_back_pk for call in calls)
     failures = list(Failure.objects.all())
     successes = Success.objects.count()
@@ -277,6 +279,8 @@ def wait_and_check(
         f"  {'all handler calls done' if ok else 'waited'} {waited:.1f} s after the "
         f"response; {time.monotonic() - started:.1f} s since the demo started"
     )
+    print("\n$ python manage.py qsignals --stats")
+    call_command("qsignals", "--stats")
     return ok
 
 
