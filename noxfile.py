@@ -49,10 +49,13 @@ SERVICES = {
 
 
 def run_tests(session: nox.Session, *command: str) -> None:
-    """The suite twice: SQLite with the ORM broker, then PostgreSQL with Redis."""
+    """The suite twice: SQLite with the ORM broker, then PostgreSQL with Redis.
+
+    The slow load and fault tests are left to `nox -s reliability`.
+    """
     services = {name: os.environ.get(name, url) for name, url in SERVICES.items()}
     session.run(*command, "-m", "not services", *session.posargs)
-    session.run(*command, *session.posargs, env=services)
+    session.run(*command, "-m", "not reliability", *session.posargs, env=services)
 
 
 @nox.session
@@ -67,6 +70,29 @@ def tests(session: nox.Session) -> None:
     # A subset of the tests (`nox -s tests -- -k name`) cannot reach 100%.
     fail_under = ["--fail-under=0"] if session.posargs else []
     session.run("coverage", "report", *fail_under)
+
+
+# Its own databases and Redis database, so that it can run while the tests do.
+RELIABILITY_SERVICES = {
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/qsignals_reliability",
+    "REDIS_URL": "redis://127.0.0.1:6379/14",
+}
+
+
+@nox.session
+def reliability(session: nox.Session) -> None:
+    """Load, faults and hostile input with real qcluster processes (tests/reliability).
+
+    Needs PostgreSQL and Redis; prints the load test's figures.
+    """
+    session.install("-e", ".", *TEST_DEPS)
+    session.run(
+        "pytest",
+        "tests/reliability",
+        "--durations=5",
+        *session.posargs,
+        env=RELIABILITY_SERVICES,
+    )
 
 
 @nox.session

@@ -73,3 +73,63 @@ class Bulk(models.Model):
     """Saved in bulk by the batching worker test."""
 
     title = models.CharField(max_length=100)
+
+
+# The reliability suite (tests/reliability).
+
+
+class Parcel(models.Model):
+    """Load test: its signals go to unbatched receivers."""
+
+    title = models.CharField(max_length=100)
+    tags = models.ManyToManyField(Tag, related_name="+")
+
+
+class Crate(models.Model):
+    """Load test: its signals go to batched receivers."""
+
+    title = models.CharField(max_length=100)
+    tags = models.ManyToManyField(Tag, related_name="+")
+
+
+class Chore(models.Model):
+    """Fault tests: an unbatched receiver listens to it."""
+
+    title = models.CharField(max_length=100)
+
+
+class BatchedChore(models.Model):
+    """Fault tests: a batched receiver listens to it."""
+
+    title = models.CharField(max_length=100)
+
+
+class Delivery(models.Model):
+    """One row per handler call in a worker: the ledger the suite counts.
+
+    Deliberately no unique constraint on ``(receiver, key)``: a duplicate
+    delivery must be counted, not refused by the database.
+    """
+
+    receiver = models.CharField(max_length=50)
+    key = models.CharField(max_length=100)
+    # Which of the test's qcluster processes ran it (its QSIGNALS_CLUSTER).
+    cluster = models.CharField(max_length=20, default="")
+    # The PostgreSQL backend the handler's connection used.
+    backend = models.IntegerField(null=True)
+
+
+class ProxyArticle(Article):
+    class Meta:
+        proxy = True
+
+
+class Feature(Article):
+    """A multi-table inheritance child: its fields span two tables."""
+
+    headline = models.CharField(max_length=100)
+
+
+class Slug(models.Model):
+    code = models.CharField(max_length=50, primary_key=True)
+    title = models.CharField(max_length=100)

@@ -87,13 +87,27 @@ if os.environ.get("QSIGNALS_ORM_BROKER"):
     # A worker started by a test that puts the ORM broker on another alias.
     Q_CLUSTER.pop("redis", None)
     Q_CLUSTER["orm"] = os.environ["QSIGNALS_ORM_BROKER"]
+if os.environ.get("QSIGNALS_RETRY"):
+    # A worker the reliability suite kills: the tasks it had taken come back
+    # after this many seconds instead of a minute (retry must exceed timeout).
+    Q_CLUSTER["retry"] = int(os.environ["QSIGNALS_RETRY"])
+    Q_CLUSTER["timeout"] = int(os.environ["QSIGNALS_RETRY"]) - 1
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # A qcluster's output names each record's level and logger, so a test can
+    # tell an ERROR from a WARNING there.
+    "formatters": {"levelled": {"format": "%(levelname)s %(name)s: %(message)s"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "levelled",
+            "level": "WARNING",
+        }
+    },
     "loggers": {
         "django-q": {"handlers": ["console"], "level": "WARNING"},
-        "django_q_signals": {"level": "DEBUG"},
+        "django_q_signals": {"handlers": ["console"], "level": "DEBUG"},
     },
 }

@@ -1,0 +1,98 @@
+"""Handlers the reliability suite's qcluster processes run.
+
+Module level, so a worker finds them by importing this module. Each call
+writes one Delivery row, keyed by what the signal said, so that the test can
+count missing and duplicate calls.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from django.db import connection
+from django.db.models import Model
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
+from django.dispatch import Signal
+
+from django_q_signals import async_receiver
+from tests.models import BatchedChore, Chore, Crate, Delivery, Parcel
+
+
+def signal_key(signal: Signal, instance: Model | None, **kwargs: Any) -> str:
+    """The ledger key of one load-test signal: unique per signal sent."""
+    pk = instance.pk if instance is not None else kwargs["_instance_pk"]
+    if signal is post_save:
+        fields = ",".join(sorted(kwargs["update_fields"] or ()))
+        return f"create:{pk}" if kwargs["created"] else f"update:{pk}:{fields}"
+    if signal is m2m_changed:
+        return f"{kwargs['action']}:{pk}:{sorted(kwargs['pk_set'])}"
+    return f"{'pre' if signal is pre_delete else 'post'}_delete:{pk}"
+
+
+def deliver(receiver: str, key: str) -> None:
+    backend = None
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            [backend] = cursor.fetchone()
+    Delivery.objects.create(
+        receiver=receiver,
+        key=key,
+        cluster=os.environ.get("QSIGNALS_CLUSTER", ""),
+        backend=backend,
+    )
+
+
+# The load test: the same work for unbatched (Parcel) and batched (Crate).
+
+ITEM_SIGNALS = [post_save, pre_delete, post_delete]
+
+
+@async_receiver(ITEM_SIGNALS, sender=Parcel)
+def parcel_changed(signal: Signal, instance: Parcel | None, **kwargs: Any) -> None:
+    deliver("unbatched", signal_key(signal, instance, **kwargs))
+
+
+@async_receiver(m2m_changed, sender=Parcel.tags.through)
+def parcel_tagged(signal: Signal, instance: Parcel | None, **kwargs: Any) -> None:
+    deliver("unbatched", signal_key(signal, instance, **kwargs))
+
+
+@async_receiver(ITEM_SIGNALS, sender=Crate, batch=True)
+def crate_changed(signal: Signal, instance: Crate | None, **kwargs: Any) -> None:
+    deliver("batched", signal_key(signal, instance, **kwargs))
+
+
+@async_receiver(m2m_changed, sender=Crate.tags.through, batch=True)
+def crate_tagged(signal: Signal, instance: Crate | None, **kwargs: Any) -> None:
+    deliver("batched", signal_key(signal, instance, **kwargs))
+
+
+# The fault tests. A title says what the handler does: "fail..." raises,
+# "slow..." takes a while, anything else is simply recorded.
+
+
+def do_chore(receiver: str, instance: Chore | BatchedChore | None) -> None:
+    assert instance is not None
+    if instance.title.startswith("fail"):
+        raise ValueError(f"refused {instance.title}")
+    if instance.title.startswith("slow"):
+        time.sleep(0.05)
+    deliver(receiver, instance.title)
+
+
+@async_receiver(post_save, sender=Chore)
+def chore_done(instance: Chore | None, **kwargs: Any) -> None:
+    do_chore("chore_done", instance)
+
+
+@async_receiver(post_save, sender=BatchedChore, batch=True)
+def batched_chore_done(instance: BatchedChore | None, **kwargs: Any) -> None:
+    do_chore("batched_chore_done", instance)
+
+
+def not_a_receiver(**kwargs: Any) -> None:
+    """What a forged task would like to run: it must never be called."""
+    deliver("not_a_receiver", repr(kwargs))
