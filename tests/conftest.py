@@ -44,6 +44,22 @@ def connect() -> Iterator[Connect[Any]]:
             each.disconnect(func, sender=sender, dispatch_uid=uid)
 
 
+#: A signal of the tests' own; ``numbers`` records its ``n`` kwarg.
+custom = Signal()
+
+
+@pytest.fixture
+def numbers(connect: Connect[Any]) -> list[int]:
+    """The ``n`` of every ``custom`` signal whose handler ran."""
+    received: list[int] = []
+
+    @connect(custom)
+    def handler(n: int, **kwargs: Any) -> None:
+        received.append(n)
+
+    return received
+
+
 @contextmanager
 def rolled_back(using: str | None = None) -> Iterator[None]:
     """An atomic block (a savepoint when nested) that is rolled back at its end."""

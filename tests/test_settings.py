@@ -7,27 +7,13 @@ from typing import Any
 import pytest
 from django.db import transaction
 from django.db.models.signals import post_save
-from django.dispatch import Signal
 from django.test import override_settings
 
 from django_q_signals import async_receiver
-from tests.conftest import Connect, queued_tasks, run_queued
+from tests.conftest import Connect, custom, queued_tasks, run_queued
 from tests.models import Article
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-custom = Signal()
-
-
-@pytest.fixture
-def numbers(connect: Connect[Any]) -> list[int]:
-    received: list[int] = []
-
-    @connect(custom)
-    def handler(n: int, **kwargs: Any) -> None:
-        received.append(n)
-
-    return received
 
 
 @override_settings(Q_SIGNALS={"ON_COMMIT": False})
@@ -73,7 +59,7 @@ def test_default_q_options_reach_django_q2(numbers: list[int]) -> None:
     [task] = queued_tasks()
     assert (task["group"], task["timeout"]) == ("signals", 9)
     # The task is still named after its receiver.
-    assert task["name"] == "tests.test_settings.numbers.<locals>.handler"
+    assert task["name"] == "tests.conftest.numbers.<locals>.handler"
 
 
 @override_settings(Q_SIGNALS={"Q_OPTIONS": {"group": "signals", "timeout": 9}})

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 from django.db.models.signals import post_save
-from django.dispatch import Signal
 from django.test.utils import CaptureQueriesContext
 
 from django_q_signals import _queue
 from tests.conftest import (
     Connect,
     broker_is_orm_on,
+    custom,
     queued_tasks,
     rolled_back,
     run_queued,
@@ -24,20 +24,6 @@ from tests.conftest import (
 from tests.models import Article
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-custom = Signal()
-
-
-@pytest.fixture
-def numbers(connect: Connect[Any]) -> list[int]:
-    """The ``n`` of every ``custom`` signal whose handler ran."""
-    received: list[int] = []
-
-    @connect(custom)
-    def handler(n: int, **kwargs: Any) -> None:
-        received.append(n)
-
-    return received
 
 
 def test_nothing_is_queued_before_the_commit(numbers: list[int]) -> None:
