@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.dispatch import Signal
 
-from django_q_signals import async_receiver
+from django_q_signals import _brokers, async_receiver
 
 F = TypeVar("F", bound=Callable[..., Any])
 Connect = Callable[..., Callable[[F], F]]
@@ -104,6 +104,13 @@ def run_queued() -> list[Any]:
         assert callable(func), task["func"]
         results.append(func(*task["args"], **task["kwargs"]))
     return results
+
+
+@pytest.fixture(autouse=True)
+def _fresh_brokers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test makes its own broker clients, with no broker cooling down."""
+    monkeypatch.setattr(_brokers, "_brokers", {})
+    monkeypatch.setattr(_brokers, "_failed_at", {})
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import Signal
 from django.test import override_settings
 
-from django_q_signals import _receivers
+from django_q_signals import _registry
 from django_q_signals._queue import BATCH_TASK, TASK
 from tests.conftest import Connect, Worker
 from tests.handlers import probe_fails, probe_succeeds, stats_probe
@@ -292,7 +292,7 @@ def test_leaves_out_disconnected_receivers(connect: Connect[Any]) -> None:
 
 
 def test_says_when_no_receiver_is_connected(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_receivers, "_registry", {})
+    monkeypatch.setattr(_registry, "_registry", {})
 
     assert qsignals() == "No async receivers are connected.\n"
 

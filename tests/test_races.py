@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from django.db import connections, transaction
 
-from django_q_signals import _queue
 from tests.conftest import Worker
 from tests.handlers import check_draft, check_draft_eagerly  # noqa: F401
 from tests.models import Draft, Seen
@@ -54,7 +53,6 @@ def test_no_handler_sees_a_missing_or_stale_row(
     env = {}
     if broker == "orm on other":
         monkeypatch.setattr(Conf, "ORM", "other")
-        monkeypatch.setattr(_queue, "_brokers", {})
         env["QSIGNALS_ORM_BROKER"] = "other"
     worker = Worker(tmp_path / "qcluster.log", **env)
     try:

@@ -12,7 +12,6 @@ from django.db import connection, transaction
 from django.db.models.signals import post_save
 from django.test.utils import CaptureQueriesContext
 
-from django_q_signals import _queue
 from tests.conftest import (
     Connect,
     broker_is_orm_on,
@@ -174,7 +173,6 @@ def unreachable_redis(monkeypatch: pytest.MonkeyPatch) -> None:
     # No retries: the connection is refused at once.
     redis = {"host": "127.0.0.1", "port": port, "retry": Retry(NoBackoff(), 0)}
     monkeypatch.setattr(Conf, "REDIS", redis)
-    monkeypatch.setattr(_queue, "_brokers", {})
 
 
 @pytest.mark.usefixtures("unreachable_redis")
@@ -288,7 +286,6 @@ def test_a_custom_broker_class_gets_the_tasks(
         pass
 
     monkeypatch.setattr(Conf, "BROKER_CLASS", "django_q.brokers.orm.ORM")
-    monkeypatch.setattr(_queue, "_brokers", {})
     with transaction.atomic():
         custom.send(sender=None, n=1)
         custom.send(sender=None, n=2)

@@ -10,7 +10,7 @@ import pytest
 from django.dispatch import Signal
 
 from django_q_signals import _payload
-from django_q_signals._receivers import get_receiver
+from django_q_signals._registry import get_receiver
 from django_q_signals.worker import run_receiver
 from tests.conftest import Connect, queued_tasks
 

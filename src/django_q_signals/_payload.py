@@ -30,7 +30,7 @@ from django.db.models.query import QuerySet
 from django.dispatch import Signal
 
 if TYPE_CHECKING:
-    from django_q_signals._receivers import Receiver
+    from django_q_signals._registry import Receiver
 
 logger = logging.getLogger("django_q_signals")
 
@@ -169,7 +169,11 @@ class Rows:
         manager = apps.get_model(label)._base_manager
         queryset = manager.using(db).filter(pk__in=list(pks))
         if related:
-            queryset = self._receiver.reload_queryset(queryset)
+            receiver = self._receiver
+            if receiver.select_related:
+                queryset = queryset.select_related(*receiver.select_related)
+            if receiver.prefetch_related:
+                queryset = queryset.prefetch_related(*receiver.prefetch_related)
         return {row.pk: row for row in queryset}
 
     def get(self, name: str, row: Row) -> Model | None:

@@ -1,32 +1,36 @@
-"""Putting calls on the Django Q2 broker: at once, or when the transaction commits.
+"""Queuing calls: at once, or when the transaction on their database commits.
 
-Calls deferred to a commit are sent together: Django Q2 builds and signs each
-task as usual, then all of one commit's tasks for a broker go over in one
-write (one ``bulk_create`` for the ORM broker, one ``RPUSH`` for Redis).
+Deferred calls are kept in groups, each group one ``on_commit`` callback, so
+that Django itself decides when each call is sent: it drops a group with the
+savepoint it was registered in, runs groups in registration order with the
+other callbacks, and stops at a callback that raises. A call joins the last
+group only where that changes none of this: the group is still the last
+callback on the connection, and would be dropped by exactly the savepoint
+rollbacks that would drop the call's own callback. Each group sends its calls
+in one write per broker.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
-import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from django.db import connections, transaction
+from django.db import transaction
 from django.utils import timezone
+
+from django_q_signals import _brokers
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
-    from django_q.brokers import Broker
 
     from django_q_signals._payload import Call
-    from django_q_signals._receivers import Receiver
+    from django_q_signals._registry import Receiver
 
 logger = logging.getLogger("django_q_signals")
 
-#: The tasks queued calls run in the worker: one call, or a batch of calls.
+#: The functions a worker runs for a task: one call, or a batch of calls.
 TASK = "django_q_signals.worker.run_receiver"
 BATCH_TASK = "django_q_signals.worker.run_batch"
 
@@ -56,48 +60,42 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
         diversions[-1](calls)
         return
     from django_q.conf import Conf
-    from django_q.tasks import async_task
 
     writes: dict[Any, list[tuple[list[Call], str]]] = {}
     for task in group_tasks(calls):
-        receiver = task[0].receiver
-        options = receiver.task_options()
+        options = task[0].receiver.task_options()
+        func, argument = task_call(task)
+        if options.get("sync", Conf.SYNC):
+            # Django Q2 runs the task here and now; its errors reach the
+            # caller, as they do from async_task.
+            from django_q.tasks import async_task
+
+            async_task(func, argument, q_options=options)
+            continue
         destination = options.pop("broker", None) or options.get("cluster")
-        collector = _Collector()
-        options["broker"] = collector
-        payload: bytes | tuple[bytes, ...]
-        if receiver.batch is False:
-            func, payload = TASK, task[0].payload
-        else:
-            func, payload = BATCH_TASK, tuple(call.payload for call in task)
-        # In sync mode Django Q2 runs the task here and now: let the
-        # handler's errors reach the caller, as Django Q2 does.
-        sync = options.get("sync", Conf.SYNC)
         try:
-            async_task(func, payload, q_options=options)
+            pack = _sign(func, argument, options)
         except Exception:
-            if raise_errors or sync:
+            if raise_errors:
                 raise
-            logger.exception("Could not queue %s", _describe(task))
+            logger.exception("Could not queue %s", describe(task))
             continue
-        if sync:
-            continue
-        writes.setdefault(destination, []).append((task, collector.pack))
+        writes.setdefault(destination, []).append((task, pack))
     for destination, items in writes.items():
+        tasks = [task for task, _ in items]
         try:
-            _write(destination, items)
+            _brokers.write(destination, [pack for _, pack in items], tasks)
         except Exception:
             if raise_errors:
                 raise
             logger.exception(
                 "Could not queue %d task(s), they are lost: %s",
-                len(items),
-                "; ".join(_describe(task) for task, _ in items),
+                len(tasks),
+                "; ".join(map(describe, tasks)),
             )
         else:
             if logger.isEnabledFor(logging.DEBUG):
-                tasks = "; ".join(_describe(task) for task, _ in items)
-                logger.debug("Queued %s", tasks)
+                logger.debug("Queued %s", "; ".join(map(describe, tasks)))
 
 
 def group_tasks(calls: list[Call]) -> list[list[Call]]:
@@ -107,7 +105,7 @@ def group_tasks(calls: list[Call]) -> list[list[Call]]:
     sizes: dict[Receiver, int] = {}
     for call in calls:
         receiver = call.receiver
-        if receiver.batch is False:
+        if not receiver.is_batched:
             tasks.append([call])
             continue
         if receiver not in sizes:
@@ -120,153 +118,101 @@ def group_tasks(calls: list[Call]) -> list[list[Call]]:
     return tasks
 
 
-def _describe(task: list[Call]) -> str:
+def task_call(task: list[Call]) -> tuple[str, Any]:
+    """The function a worker runs for ``task``, and its one argument."""
+    if task[0].receiver.is_batched:
+        return BATCH_TASK, tuple(call.payload for call in task)
+    return TASK, task[0].payload
+
+
+def describe(task: list[Call]) -> str:
     return ", ".join(str(call) for call in task)
 
 
-class _Collector:
-    """Stands in for the broker so Django Q2 builds the task but we send it."""
-
-    list_key = "django_q_signals"
-
-    def __init__(self) -> None:
-        self.pack = ""
-
-    def enqueue(self, pack: str) -> None:
-        self.pack = pack
-
-
-def _write(destination: Any, items: list[tuple[list[Call], str]]) -> None:
+def _sign(func: str, argument: Any, options: dict[str, Any]) -> str:
+    """The task as Django Q2's ``async_task`` builds and signs it."""
     from django_q.conf import Conf
+    from django_q.signals import pre_enqueue
+    from django_q.signing import SignedPackage
 
-    packs = [pack for _, pack in items]
-    calls = [call for task, _ in items for call in task]
-    if destination is not None and not isinstance(destination, str):
-        for pack in packs:
-            destination.enqueue(pack)
-        return
-    key = destination or Conf.CLUSTER_NAME
-    if Conf.ORM and not (Conf.BROKER_CLASS or Conf.IRON_MQ or Conf.SQS):
-        # Written directly rather than through the ORM broker, which closes
-        # idle connections (and with them other aliases' open transactions)
-        # each time it is created or enqueues.
-        from django_q.models import OrmQ
-
-        now = timezone.now()
-        rows = [OrmQ(key=key, payload=pack, lock=now) for pack in packs]
-        committed = any(not _in_transaction(call.alias) for call in calls)
-        broker_db = transaction.get_connection(Conf.ORM)
-        if not (committed and broker_db.in_atomic_block):
-            OrmQ.objects.using(Conf.ORM).bulk_create(rows)
-        elif broker_db.vendor != "sqlite":
-            # These calls' transaction has committed, but one is open on the
-            # broker's database: its rollback must not take them back.
-            with _separate_connection(Conf.ORM):
-                OrmQ.objects.using(Conf.ORM).bulk_create(rows)
-        else:
-            # SQLite has one writer at a time: a second connection would wait
-            # for the open transaction, so the calls join it.
-            logger.warning(
-                "Queued %s inside the open transaction on %r (the ORM broker's "
-                "SQLite database): they are lost if it rolls back.",
-                ", ".join(map(str, calls)),
-                Conf.ORM,
-            )
-            OrmQ.objects.using(Conf.ORM).bulk_create(rows)
-        return
-    broker = _broker(key)
-    redis_broker = sys.modules.get("django_q.brokers.redis_broker")
-    if redis_broker is not None and isinstance(broker, redis_broker.Redis):
-        broker.connection.rpush(broker.list_key, *packs)
-    else:
-        for pack in packs:
-            broker.enqueue(pack)
+    task = {
+        "id": uuid.uuid4().hex,
+        "name": options.pop("task_name"),
+        "func": func,
+        "args": (argument,),
+        **options,
+    }
+    if "cached" not in task and Conf.CACHED:
+        task["cached"] = Conf.CACHED
+    if "ack_failure" not in task and Conf.ACK_FAILURES:
+        task["ack_failure"] = Conf.ACK_FAILURES
+    task["kwargs"] = {}
+    task["started"] = timezone.now()
+    pre_enqueue.send(sender="django_q", task=task)
+    return str(SignedPackage.dumps(task))
 
 
-def _in_transaction(alias: str) -> bool:
-    return bool(transaction.get_connection(alias).in_atomic_block)
+class _Group:
+    """One ``on_commit`` callback: calls deferred one after the other."""
 
+    __slots__ = ("calls", "open", "previous", "savepoints")
 
-@contextmanager
-def _separate_connection(alias: str) -> Iterator[None]:
-    """Point ``alias`` at a new connection, in autocommit, for this block."""
-    original = connections[alias]
-    separate = connections.create_connection(alias)
-    connections[alias] = separate
-    try:
-        yield
-    finally:
-        connections[alias] = original
-        separate.close()
-
-
-_brokers: dict[str, Broker] = {}
-
-
-def _broker(key: str) -> Broker:
-    """A broker per queue, kept: creating one opens a new connection pool."""
-    broker = _brokers.get(key)
-    if broker is None:
-        from django_q.brokers import get_broker
-
-        broker = _brokers[key] = get_broker(key)
-    return broker
-
-
-# Deferring to the commit. Each call is its own on_commit callback, so Django
-# drops it exactly when it drops the savepoint the signal fired in. The
-# callbacks hand their calls to the connection's buffer; the last one
-# registered sends them all. Django never drops a callback registered outside
-# every savepoint, so when a call is deferred inside one, a sending callback
-# with no savepoint follows it.
-
-
-class _Buffer:
-    __slots__ = ("__weakref__", "generation", "ready")
-
-    def __init__(self) -> None:
-        self.ready: list[Call] = []
-        self.generation = 0
-
-
-class _Send:
-    __slots__ = ("buffer", "generation")
-
-    def __init__(self, buffer: _Buffer) -> None:
-        buffer.generation += 1
-        self.buffer = buffer
-        self.generation = buffer.generation
+    def __init__(
+        self, call: Call, savepoints: frozenset[str], previous: _Group | None
+    ) -> None:
+        self.calls = [call]
+        #: Whether calls may still join it: not once it ran.
+        self.open = True
+        # The savepoints open when it was registered: Django drops it when
+        # one of them rolls back.
+        self.savepoints = savepoints
+        # The group registered just before it, with no callback in between.
+        self.previous = previous
 
     def __call__(self) -> None:
-        buffer = self.buffer
-        if self.generation == buffer.generation:
-            calls, buffer.ready = buffer.ready, []
+        calls, self.calls = self.calls, []
+        self.open, self.previous = False, None
+        if calls:
             send(calls)
 
+    def take_earlier_calls(self, open_savepoints: frozenset[str]) -> None:
+        """Take over the calls of the open groups just before this one, where
+        Django would now drop them exactly when it drops this one.
 
-class _Deferred(_Send):
-    __slots__ = ("call",)
-
-    def __init__(self, buffer: _Buffer, call: Call) -> None:
-        super().__init__(buffer)
-        self.call = call
-
-    def __call__(self) -> None:
-        self.buffer.ready.append(self.call)
-        super().__call__()
-
-
-_buffers: weakref.WeakKeyDictionary[BaseDatabaseWrapper, _Buffer] = (
-    weakref.WeakKeyDictionary()
-)
+        A released savepoint can no longer roll back, so once the savepoints
+        that set two neighbouring groups apart are released, one callback
+        can carry both groups' calls (imports that use ``get_or_create`` or
+        ``update_or_create`` open a savepoint per row).
+        """
+        previous = self.previous
+        if previous is None:
+            return
+        own = self.savepoints & open_savepoints
+        while (
+            previous is not None
+            and previous.open
+            and previous.savepoints & open_savepoints == own
+        ):
+            previous.calls.extend(self.calls)
+            self.calls, previous.calls = previous.calls, []
+            previous = previous.previous
+        self.previous = previous
 
 
 def _defer(connection: BaseDatabaseWrapper, call: Call) -> None:
-    buffer = _buffers.get(connection)
-    if buffer is None:
-        buffer = _buffers[connection] = _Buffer()
-    connection.on_commit(_Deferred(buffer, call))
-    if connection.savepoint_ids:
-        # Django's own captureOnCommitCallbacks reads this list too.
-        # (The stubs predate the third item, robust.)
-        connection.run_on_commit.append((set(), _Send(buffer), False))  # type: ignore[arg-type]
+    open_savepoints = frozenset(filter(None, connection.savepoint_ids))
+    hooks = connection.run_on_commit
+    last = hooks[-1][1] if hooks else None
+    if getattr(connection.atomic_blocks[-1], "_from_testcase", False):
+        # Only the transaction a TestCase wraps each test in is open: where
+        # this code would run in autocommit, each call is sent on its own. A
+        # callback per call keeps captureOnCommitCallbacks exact too.
+        last = None
+    elif isinstance(last, _Group) and last.open:
+        last.take_earlier_calls(open_savepoints)
+        if last.savepoints & open_savepoints == open_savepoints:
+            last.calls.append(call)
+            return
+    else:
+        last = None
+    connection.on_commit(_Group(call, open_savepoints, last))

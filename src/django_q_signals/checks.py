@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
 from django_q_signals import _conf
-from django_q_signals._receivers import all_receivers
+from django_q_signals._registry import all_receivers
 
 # Q_CLUSTER keys that choose a broker other than Django Q2's default, Redis.
 _BROKER_KEYS = (

@@ -16,11 +16,14 @@ handler exception (for a batch, its ``BatchError``) reaches the test.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from django_q_signals import _queue, worker
+from django.utils.module_loading import import_string
+
+from django_q_signals import _queue
 from django_q_signals._payload import Rows, load, rebuild
 
 if TYPE_CHECKING:
@@ -107,11 +110,17 @@ class CapturedCalls(list[CapturedCall]):
 
 @contextmanager
 def _diverted(target: Callable[[list[Call]], None]) -> Iterator[None]:
-    _queue.diversions.append(target)
+    # A wrapper of its own, so that leaving removes this helper's entry and
+    # no other, however helpers nest.
+    entry = functools.partial(target)
+    _queue.diversions.append(entry)
     try:
         yield
     finally:
-        _queue.diversions.remove(target)
+        for index in range(len(_queue.diversions) - 1, -1, -1):
+            if _queue.diversions[index] is entry:
+                del _queue.diversions[index]
+                break
 
 
 def _run(calls: list[Call]) -> Any:
@@ -121,11 +130,9 @@ def _run(calls: list[Call]) -> Any:
     """
     result = error = None
     for task in _queue.group_tasks(calls):
+        func, argument = _queue.task_call(task)
         try:
-            if task[0].receiver.batch is False:
-                result = worker.run_receiver(task[0].payload)
-            else:
-                result = worker.run_batch([call.payload for call in task])
+            result = import_string(func)(argument)
         except Exception as exc:
             error = error or exc
     if error is not None:

@@ -15,7 +15,7 @@ from asgiref.sync import async_to_sync
 from django.dispatch import Signal
 
 from django_q_signals._payload import Queued, Rows, describe_rows, load, rebuild
-from django_q_signals._receivers import Receiver, get_receiver
+from django_q_signals._registry import Receiver, get_receiver
 
 logger = logging.getLogger("django_q_signals")
 

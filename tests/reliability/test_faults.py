@@ -89,7 +89,6 @@ def test_every_signal_runs_after_the_cluster_is_killed_and_restarted(
     from django_q.conf import Conf
 
     monkeypatch.setattr(Conf, "ORM", "default")
-    monkeypatch.setattr(_queue, "_brokers", {})
     env = {"QSIGNALS_ORM_BROKER": "default", "QSIGNALS_RETRY": str(RETRY)}
     titles = {f"slow {n}" for n in range(CHORES)}
 
@@ -184,7 +183,6 @@ def own_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Redis
     # One quick retry, so the test does not wait out redis-py's backoff.
     retry = Retry(NoBackoff(), 1)
     monkeypatch.setattr(Conf, "REDIS", {"port": server.port, "retry": retry})
-    monkeypatch.setattr(_queue, "_brokers", {})
     yield server
     server.stop()
 

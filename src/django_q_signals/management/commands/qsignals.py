@@ -17,7 +17,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from django_q_signals._queue import BATCH_TASK, TASK
-from django_q_signals._receivers import Receiver, all_receivers
+from django_q_signals._registry import Receiver, all_receivers
 
 if TYPE_CHECKING:
     from django.db.models import Model
@@ -88,7 +88,7 @@ class Command(BaseCommand):
         name = _task_name(receiver)
         failed = counts.get((name, False), 0)
         tasks = f"{counts.get((name, True), 0)} succeeded, {failed} failed"
-        if receiver.batch is not False:
+        if receiver.is_batched:
             tasks += " (a batch task counts once, however many calls it held)"
         self._line("tasks", tasks)
         if failed:
@@ -111,7 +111,7 @@ def _task_name(receiver: Receiver) -> str:
 
 def _options(receiver: Receiver) -> list[str]:
     options = [_on_commit(receiver)]
-    if receiver.batch is not False:
+    if receiver.is_batched:
         options.append(_batch(receiver))
     if receiver.snapshot:
         options.append("snapshot=True")

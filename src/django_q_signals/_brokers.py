@@ -1,0 +1,168 @@
+"""Writing signed tasks to Django Q2's broker, several in one write.
+
+The ORM broker gets one ``bulk_create``, Redis one ``RPUSH``, any other
+broker its own ``enqueue`` per task.
+
+A network broker that fails costs a request at most about a second (Redis is
+written to with short timeouts and no retries); after that the process does
+not try it again for ``COOL_DOWN`` seconds, so requests do not wait on a
+broker that is down. The ORM broker is the project's own database, which the
+request needs anyway: it is always tried.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from django.db import connections, transaction
+from django.utils import timezone
+
+if TYPE_CHECKING:
+    from django_q.brokers import Broker
+
+    from django_q_signals._payload import Call
+
+logger = logging.getLogger("django_q_signals")
+
+#: Seconds a network broker is left alone after a failed write.
+COOL_DOWN = 10.0
+#: Seconds to wait for Redis to connect, and to answer.
+REDIS_TIMEOUT = 1.0
+
+
+class BrokerUnavailable(ConnectionError):
+    """A write was not tried: the broker failed a moment ago."""
+
+
+def write(destination: Any, packs: list[str], tasks: list[list[Call]]) -> None:
+    """Put ``packs`` on the broker for ``destination``: a broker object, a
+    cluster name, or None for the default cluster."""
+    from django_q.conf import Conf
+
+    if destination is not None and not isinstance(destination, str):
+        for pack in packs:
+            destination.enqueue(pack)
+        return
+    key = destination or Conf.CLUSTER_NAME
+    if Conf.ORM and not (Conf.BROKER_CLASS or Conf.IRON_MQ or Conf.SQS):
+        _write_orm(key, packs, [call for task in tasks for call in task])
+        return
+    failed_at = _failed_at.get(key)
+    if failed_at is not None and time.monotonic() - failed_at < COOL_DOWN:
+        raise BrokerUnavailable(
+            f"Django Q2's broker for {key!r} failed {time.monotonic() - failed_at:.1f} "
+            f"s ago; it is tried again {COOL_DOWN:.0f} s after the failure."
+        )
+    try:
+        _write_broker(key, packs)
+    except Exception:
+        _failed_at[key] = time.monotonic()
+        raise
+    _failed_at.pop(key, None)
+
+
+_failed_at: dict[str, float] = {}
+
+
+def _write_orm(key: str, packs: list[str], calls: list[Call]) -> None:
+    # Written directly rather than through the ORM broker, which closes idle
+    # connections (and with them other aliases' open transactions) each time
+    # it is created or enqueues.
+    from django_q.conf import Conf
+    from django_q.models import OrmQ
+
+    now = timezone.now()
+    rows = [OrmQ(key=key, payload=pack, lock=now) for pack in packs]
+    committed = any(not _in_transaction(call.alias) for call in calls)
+    broker_db = transaction.get_connection(Conf.ORM)
+    if not (committed and broker_db.in_atomic_block):
+        OrmQ.objects.using(Conf.ORM).bulk_create(rows)
+    elif broker_db.vendor != "sqlite":
+        # These calls' transaction has committed, but one is open on the
+        # broker's database: its rollback must not take them back.
+        with _separate_connection(Conf.ORM):
+            OrmQ.objects.using(Conf.ORM).bulk_create(rows)
+    else:
+        # SQLite has one writer at a time: a second connection would wait
+        # for the open transaction, so the calls join it.
+        logger.warning(
+            "Queued %s inside the open transaction on %r (the ORM broker's "
+            "SQLite database): they are lost if it rolls back.",
+            ", ".join(map(str, calls)),
+            Conf.ORM,
+        )
+        OrmQ.objects.using(Conf.ORM).bulk_create(rows)
+
+
+def _in_transaction(alias: str) -> bool:
+    return bool(transaction.get_connection(alias).in_atomic_block)
+
+
+@contextmanager
+def _separate_connection(alias: str) -> Iterator[None]:
+    """Point ``alias`` at a new connection, in autocommit, for this block."""
+    original = connections[alias]
+    separate = connections.create_connection(alias)
+    connections[alias] = separate
+    try:
+        yield
+    finally:
+        connections[alias] = original
+        separate.close()
+
+
+def _write_broker(key: str, packs: list[str]) -> None:
+    broker = _broker(key)
+    redis_broker = sys.modules.get("django_q.brokers.redis_broker")
+    if redis_broker is not None and isinstance(broker, redis_broker.Redis):
+        broker.connection.rpush(broker.list_key, *packs)
+    else:
+        for pack in packs:
+            broker.enqueue(pack)
+
+
+_brokers: dict[str, Broker] = {}
+
+
+def _broker(key: str) -> Broker:
+    """A broker per queue, kept: creating one opens a new connection pool."""
+    broker = _brokers.get(key)
+    if broker is None:
+        from django_q.brokers import get_broker
+
+        broker = get_broker(key)
+        redis_broker = sys.modules.get("django_q.brokers.redis_broker")
+        if redis_broker is not None and isinstance(broker, redis_broker.Redis):
+            broker.connection = _redis_connection(broker.connection)
+        _brokers[key] = broker
+    return broker
+
+
+def _redis_connection(default: Any) -> Any:
+    """A Redis client for Django Q2's settings that gives up within a second.
+
+    redis-py retries a refused connection with backoff, which holds a request
+    for several seconds. Timeouts and retries set in ``Q_CLUSTER["redis"]``
+    are kept; a ``django_redis`` connection is used as it is.
+    """
+    import redis
+    from django_q.conf import Conf
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    bounded = {
+        "socket_connect_timeout": REDIS_TIMEOUT,
+        "socket_timeout": REDIS_TIMEOUT,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if Conf.DJANGO_REDIS and "django_redis" in sys.modules:
+        return default
+    if isinstance(Conf.REDIS, str):
+        # Options in the URL's query string win over these.
+        return redis.from_url(Conf.REDIS, **bounded)
+    return redis.Redis(**{**bounded, **Conf.REDIS})

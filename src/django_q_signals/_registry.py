@@ -1,0 +1,150 @@
+"""The record of each async receiver, and the registry workers find them in.
+
+A worker process gets a receiver's key from the task and looks the record up
+here; it imports the handler's module first if no record has that key yet.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.dispatch import Signal
+
+from django_q_signals import _conf
+
+logger = logging.getLogger("django_q_signals")
+
+# Django Q2 stores task names and groups in 100-character columns.
+_NAME_LENGTH = 100
+
+
+@dataclass(eq=False, repr=False)
+class Receiver:
+    """A decorated handler and the options it was decorated with."""
+
+    func: Callable[..., Any]
+    #: The name a worker finds it by: the handler's dotted path, plus the
+    #: dispatch_uid or a number when that alone would not tell it apart.
+    key: str
+    signals: tuple[Signal, ...]
+    sender: Any
+    #: What the receiver is connected to its signals under.
+    dispatch_uid: Any
+    on_commit: bool | None = None
+    batch: bool | int = False
+    snapshot: bool = False
+    q_options: dict[str, Any] = field(default_factory=dict)
+    select_related: tuple[str, ...] = ()
+    prefetch_related: tuple[str, ...] = ()
+    _warned: set[str] = field(default_factory=set, init=False)
+
+    def __repr__(self) -> str:
+        return f"<Receiver {self.key}>"
+
+    @property
+    def module(self) -> str:
+        return self.func.__module__
+
+    @property
+    def is_nested(self) -> bool:
+        """Defined inside a function: a worker only knows it if it runs that code."""
+        return "<locals>" in self.func.__qualname__
+
+    @cached_property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.func)
+
+    @property
+    def is_batched(self) -> bool:
+        return self.batch is not False
+
+    @property
+    def task_name(self) -> str:
+        # The tail of a long key is the part that tells handlers apart.
+        return self.key[-_NAME_LENGTH:]
+
+    @property
+    def waits_for_commit(self) -> bool:
+        """Queue at commit: ``on_commit``, or else the ``ON_COMMIT`` setting."""
+        return _conf.get().on_commit if self.on_commit is None else self.on_commit
+
+    @property
+    def batch_size(self) -> int:
+        """At most this many calls per task, for a batched receiver."""
+        return _conf.get().batch_size if self.batch is True else int(self.batch)
+
+    def task_options(self) -> dict[str, Any]:
+        """The options for Django Q2: the receiver's, over the settings', over
+        the default name and group."""
+        return {
+            "task_name": self.task_name,
+            "group": self.task_name,
+            **_conf.get().q_options,
+            **self.q_options,
+        }
+
+    def is_connected(self) -> bool:
+        return any(
+            lookup_key[0] == self.dispatch_uid
+            for signal in self.signals
+            for lookup_key, *_ in signal.receivers
+        )
+
+    def warn_once(self, name: str, message: str, *args: Any) -> None:
+        """Log a WARNING about kwarg ``name`` the first time it happens."""
+        if name not in self._warned:
+            self._warned.add(name)
+            logger.warning(message, *args)
+
+
+_registry: dict[str, Receiver] = {}
+
+
+def register(receiver: Receiver) -> None:
+    _registry[receiver.key] = receiver
+
+
+def get_receiver(key: str, module: str) -> Receiver | None:
+    """Find a receiver by key, importing the module that defines it if needed."""
+    receiver = _registry.get(key)
+    if receiver is None:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            logger.exception("Could not import %s to find receiver %s", module, key)
+            return None
+        receiver = _registry.get(key)
+    return receiver
+
+
+def all_receivers() -> list[Receiver]:
+    return list(_registry.values())
+
+
+def claim_key(func: Callable[..., Any], dispatch_uid: Any) -> str:
+    """Choose the key a worker will look this handler up by."""
+    key = f"{func.__module__}.{func.__qualname__}"
+    if dispatch_uid is not None:
+        key = f"{key}#{dispatch_uid}"
+    existing = _registry.get(key)
+    if existing is not None and existing.func is func:
+        # The same function decorated again (stacked decorators): number the
+        # later ones in decoration order, which is the same in every process.
+        number = 2
+        while f"{key}#{number}" in _registry:
+            number += 1
+        return f"{key}#{number}"
+    if existing is not None and existing.is_connected():
+        raise ImproperlyConfigured(
+            f"Another handler is already an async receiver under the name {key!r}, "
+            "and a worker could not tell the two apart. Give one of them a "
+            "different name, or pass a distinct dispatch_uid to each."
+        )
+    return key
