@@ -17,6 +17,13 @@ class Article(models.Model):
     tags = models.ManyToManyField(Tag)
 
 
+class Comment(models.Model):
+    """Deleted with its article (a cascade)."""
+
+    article = models.ForeignKey(Article, on_delete=models.CASCADE)
+    text = models.CharField(max_length=100)
+
+
 class PublishedManager(models.Manager["Hideable"]):
     def get_queryset(self) -> "models.QuerySet[Hideable]":
         return super().get_queryset().filter(hidden=False)
