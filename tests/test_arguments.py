@@ -14,7 +14,7 @@ from django.db.models.signals import m2m_changed, post_delete, post_save, pre_sa
 from django.dispatch import Signal
 
 from tests.conftest import Connect, queued_tasks, run_queued
-from tests.models import Article, Author, Tag
+from tests.models import Article, Author, Slug, Tag, Token
 
 # Real commits: every signal is queued the way it is in production.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -161,6 +161,89 @@ def test_unsaved_instance_arrives_as_it_was(connect: Connect[Any]) -> None:
     unsaved = received[0]
     assert (unsaved.title, unsaved._state.adding) == ("new", True)
     assert unsaved.pk is None
+
+
+def test_an_unsaved_instance_with_a_pk_arrives_as_it_was(connect: Connect[Any]) -> None:
+    """A UUID default sets the pk before the first save: still unsaved."""
+    received = []
+
+    @connect(pre_save, sender=Token)
+    def handler(instance: Token, **kwargs: Any) -> None:
+        received.append((instance.label, instance._state.adding))
+
+    token = Token.objects.create(label="first")
+    token.label = "second"
+    token.save()
+    Token.objects.filter(pk=token.pk).update(label="third")
+    run_queued()
+
+    # The second save's instance is a saved row: it is loaded again.
+    assert received == [("first", True), ("third", False)]
+
+
+@pytest.mark.parametrize(
+    ("model", "fields", "as_string"),
+    [
+        (Article, {"title": "b"}, str),
+        (Slug, {"title": "b"}, None),
+    ],
+)
+def test_a_pk_given_as_another_type_finds_its_row(
+    connect: Connect[Any],
+    model: type[Article | Slug],
+    fields: dict[str, str],
+    as_string: Any,
+) -> None:
+    """CSV and JSON imports give pks as strings; a str pk as an int."""
+    received: list[Any] = []
+
+    @connect(post_save, sender=model)
+    def handler(instance: Any, **kwargs: Any) -> None:
+        received.append(instance)
+
+    if model is Slug:
+        existing: Any = Slug.objects.create(code="42", title="a")
+        given: Any = 42
+    else:
+        existing = model.objects.create(**{next(iter(fields)): "a"})
+        given = as_string(existing.pk)
+    run_queued()
+    received.clear()
+    model(pk=given, **fields).save()
+    run_queued()
+
+    [instance] = received
+    assert instance is not None
+    assert instance.pk == existing.pk
+    assert getattr(instance, next(iter(fields))) == "b"
+
+
+def test_a_string_uuid_pk_of_a_new_row_finds_it(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(post_save, sender=Token)
+    def handler(instance: Token | None, **kwargs: Any) -> None:
+        received.append(instance)
+
+    Token.objects.create(id=str(uuid.uuid4()), label="imported")
+    run_queued()
+
+    assert [token.label for token in received if token] == ["imported"]
+
+
+def test_a_using_that_is_not_a_database_is_passed_on(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(custom)
+    def handler(using: str, **kwargs: Any) -> None:
+        received.append(using)
+
+    with transaction.atomic():
+        custom.send(sender=None, using="sms")
+        assert queued_tasks() == []
+    run_queued()
+
+    assert received == ["sms"]
 
 
 def test_snapshot_passes_the_instance_as_it_was(connect: Connect[Any]) -> None:

@@ -6,16 +6,17 @@ from typing import Any
 
 import pytest
 from django.db import connection, transaction
-from django.db.models.signals import post_save
+from django.db.models.signals import post_save, pre_save
 
 from tests.conftest import (
     Connect,
     broker_is_orm_on,
+    custom,
     queued_tasks,
     rolled_back,
     run_queued,
 )
-from tests.models import Article, Ledger
+from tests.models import Article, Ledger, Token
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
 
@@ -108,3 +109,38 @@ def test_transactions_on_both_aliases_each_decide_for_their_own(
     run_queued()
     assert articles == ["on default"]
     assert entries == [("on other", "other", "other")]
+
+
+def test_an_unsaved_instance_saved_to_another_database_arrives_as_it_was(
+    connect: Connect[Any],
+) -> None:
+    received = []
+
+    @connect(pre_save, sender=Token)
+    def handler(instance: Token, **kwargs: Any) -> None:
+        received.append(instance.label)
+
+    with transaction.atomic(using="other"):
+        Token(label="on other").save(using="other")
+    run_queued()
+
+    assert received == ["on other"]
+
+
+def test_a_using_that_is_not_a_database_follows_the_instance(
+    connect: Connect[Any],
+) -> None:
+    received = []
+
+    @connect(custom)
+    def handler(instance: Ledger, using: str, **kwargs: Any) -> None:
+        received.append((instance.entry, instance._state.db, using))
+
+    ledger = Ledger.objects.create(entry="a")
+    run_queued()
+    with transaction.atomic(using="other"):
+        custom.send(sender=None, instance=ledger, using="sms")
+        assert queued_tasks() == []
+    run_queued()
+
+    assert received == [("a", "other", "sms")]

@@ -23,7 +23,8 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from django.apps import apps
-from django.db import DEFAULT_DB_ALIAS, router
+from django.core.exceptions import ValidationError
+from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.db.models import Model
 from django.db.models.base import ModelBase
 from django.db.models.query import QuerySet
@@ -86,7 +87,8 @@ def encode_call(
     snapshot = receiver.snapshot
     arguments = {name: _encode(value, snapshot) for name, value in kwargs.items()}
     alias = kwargs.get("using")
-    if not isinstance(alias, str):
+    if not (isinstance(alias, str) and alias in connections.settings):
+        # No using, or a custom signal's own meaning of the word.
         alias = next(
             (v.db for v in arguments.values() if isinstance(v, Row) and v.db),
             DEFAULT_DB_ALIAS,
@@ -214,8 +216,10 @@ _DROP = object()
 
 def _encode(value: Any, snapshot: bool) -> Any:
     if isinstance(value, Model):
-        pk = value.pk
-        if snapshot or pk is None or (type(pk) is tuple and None in pk):
+        if snapshot or value._state.adding:
+            return value
+        pk = _pk(value)
+        if pk is None:
             return value
         return Row(value._meta.label, pk, value._state.db)
     if isinstance(value, ModelBase):
@@ -223,6 +227,25 @@ def _encode(value: Any, snapshot: bool) -> Any:
     if isinstance(value, QuerySet):
         return None
     return value
+
+
+def _pk(instance: Model) -> Any:
+    """The pk as the database gives it back (``"42"`` -> ``42``), or None."""
+    pk = instance.pk
+    field = instance._meta.pk
+    assert field is not None
+    try:
+        if isinstance(pk, tuple):
+            if None in pk:
+                return None
+            return tuple(
+                part.to_python(value)
+                for part, value in zip(field.fields, pk, strict=True)  # type: ignore[attr-defined]
+            )
+        return field.to_python(pk)
+    except (ValidationError, ValueError):
+        # Not a value the column can hold: the row cannot exist either.
+        return pk
 
 
 def _picklable_or(receiver: Receiver, name: str, value: Any, default: Any) -> Any:
