@@ -181,6 +181,30 @@ def test_each_call_gets_its_own_instance(connect: Connect[Any]) -> None:
     assert (first_title, second_title) == ("a", "a")
 
 
+def test_batch_tasks_acknowledge_their_failures(
+    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Django Q2 would otherwise run a failed batch again, whole."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "ACK_FAILURES", False)
+
+    @connect(custom, batch=True)
+    def batched(**kwargs: Any) -> None:
+        pass
+
+    @connect(custom)
+    def alone(**kwargs: Any) -> None:
+        pass
+
+    custom.send(sender=None)
+    acknowledged = {task["name"]: task.get("ack_failure") for task in queued_tasks()}
+    assert acknowledged == {
+        f"{batched.__module__}.{batched.__qualname__}": True,
+        f"{alone.__module__}.{alone.__qualname__}": None,
+    }
+
+
 def test_a_failing_call_does_not_stop_the_others(connect: Connect[Any]) -> None:
     received = []
 
@@ -202,6 +226,35 @@ def test_a_failing_call_does_not_stop_the_others(connect: Connect[Any]) -> None:
     assert "call 2 (instance=<tests.Author pk=" in message
     assert "): ValueError: odd 1; call 4 (" in message
     assert message.endswith("ValueError: odd 3")
+
+
+class TwoArguments(Exception):
+    """Pickles, but cannot be unpickled: it is rebuilt with one argument."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+
+
+def test_a_call_that_cannot_be_unpickled_fails_alone(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(custom, batch=True)
+    def handler(n: int, **kwargs: Any) -> None:
+        received.append(n)
+
+    with transaction.atomic():
+        for n in range(5):
+            broken = TwoArguments(n, "broken") if n == 2 else None
+            custom.send(sender=None, n=n, error=broken)
+    [task] = queued_tasks()
+    with pytest.raises(BatchError) as error:
+        run_batch(*task["args"])
+    assert received == [0, 1, 3, 4]
+    assert str(error.value) == (
+        f"1 of 5 calls to {handler.__module__}.{handler.__qualname__} failed: "
+        "call 3: Could not unpickle its arguments: TypeError: "
+        "TwoArguments.__init__() missing 1 required positional argument: 'reason'"
+    )
 
 
 @pytest.mark.parametrize("batch", [0, -1, "yes", 1.5])

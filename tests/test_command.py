@@ -226,8 +226,9 @@ def test_shows_the_options_that_are_set(connect: Connect[Any]) -> None:
         "on_commit=False, batch=20, snapshot=True, select_related=author, "
         "prefetch_related=tags,author__article_set"
     )
+    # A batch's failures are acknowledged, so it is never run again whole.
     assert shown["q_options"] == (
-        f"task_name='articles', group='{path(handler)}', timeout=60"
+        f"task_name='articles', group='{path(handler)}', timeout=60, ack_failure=True"
     )
 
 

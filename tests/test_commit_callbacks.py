@@ -32,11 +32,19 @@ def refuse() -> None:
     raise Refused("a commit callback of the project's")
 
 
+def commit(*steps: Callable[[], object]) -> None:
+    with transaction.atomic():
+        for step in steps:
+            step()
+
+
+def send(n: int) -> Callable[[], object]:
+    return lambda: custom.send(sender=None, n=n)
+
+
 def test_a_raising_callback_keeps_the_calls_before_it(numbers: list[int]) -> None:
-    with pytest.raises(Refused), transaction.atomic():
-        custom.send(sender=None, n=1)
-        transaction.on_commit(refuse)
-        custom.send(sender=None, n=2)
+    with pytest.raises(Refused):
+        commit(send(1), lambda: transaction.on_commit(refuse), send(2))
     # Django runs no callback after the one that raised: n=2 goes with it.
     run_queued()
     assert numbers == [1]
@@ -45,9 +53,8 @@ def test_a_raising_callback_keeps_the_calls_before_it(numbers: list[int]) -> Non
 def test_calls_dropped_after_a_raising_callback_stay_dropped(
     numbers: list[int],
 ) -> None:
-    with pytest.raises(Refused), transaction.atomic():
-        transaction.on_commit(refuse)
-        custom.send(sender=None, n=1)
+    with pytest.raises(Refused):
+        commit(lambda: transaction.on_commit(refuse), send(1))
     with transaction.atomic():
         custom.send(sender=None, n=2)
     run_queued()
@@ -160,10 +167,12 @@ def test_a_run_of_calls_is_one_callback(numbers: list[int]) -> None:
 def test_capture_on_commit_callbacks_sees_one_callback_per_commit(
     numbers: list[int], django_capture_on_commit_callbacks: Any
 ) -> None:
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        with transaction.atomic():
-            for n in range(3):
-                custom.send(sender=None, n=n)
+    with (
+        django_capture_on_commit_callbacks(execute=True) as callbacks,
+        transaction.atomic(),
+    ):
+        for n in range(3):
+            custom.send(sender=None, n=n)
     assert len(callbacks) == 1
     run_queued()
     assert numbers == [0, 1, 2]

@@ -9,15 +9,12 @@ from typing import Any
 import pytest
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
-from django.dispatch import Signal
 from django.test import TestCase
 
 from django_q_signals.testing import CapturedCalls, capture_calls, run_immediately
 from django_q_signals.worker import BatchError
-from tests.conftest import Connect, queued_tasks, rolled_back
+from tests.conftest import Connect, custom, queued_tasks, rolled_back
 from tests.models import Article
-
-custom = Signal()
 
 CaptureCallbacks = Callable[..., AbstractContextManager[list[Callable[[], Any]]]]
 
@@ -228,6 +225,18 @@ def test_the_innermost_helper_takes_the_calls(
     assert titles == [("run", True)]
     Article.objects.create(title="queued")
     assert len(queued_tasks()) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_nested_helpers_each_leave_their_own_place(numbers: list[int]) -> None:
+    with run_immediately():
+        with capture_calls() as calls:
+            with run_immediately():
+                custom.send(sender=None, n=1)
+            custom.send(sender=None, n=2)
+        custom.send(sender=None, n=3)
+    assert numbers == [1, 3]
+    assert [call.kwargs["n"] for call in calls] == [2]
 
 
 @pytest.mark.django_db(transaction=True)

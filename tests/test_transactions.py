@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +14,7 @@ from django.db import connection, transaction
 from django.db.models.signals import post_save
 from django.test.utils import CaptureQueriesContext
 
+from django_q_signals import _brokers
 from tests.conftest import (
     Connect,
     broker_is_orm_on,
@@ -160,19 +163,106 @@ def test_sync_mode_runs_the_handler_at_commit(connect: Connect[Any]) -> None:
 
 @pytest.fixture
 def unreachable_redis(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Django Q2 configured for a Redis server that does not answer."""
+    """Django Q2 configured for a Redis server that refuses connections."""
     from django_q.conf import Conf
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     monkeypatch.setattr(Conf, "ORM", None)
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
+    monkeypatch.setattr(Conf, "REDIS", {"host": "127.0.0.1", "port": port})
 
-    # No retries: the connection is refused at once.
-    redis = {"host": "127.0.0.1", "port": port, "retry": Retry(NoBackoff(), 0)}
-    monkeypatch.setattr(Conf, "REDIS", redis)
+
+@pytest.mark.usefixtures("unreachable_redis")
+def test_a_redis_that_refuses_connections_holds_no_request(
+    connect: Connect[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """redis-py would retry each refused connection with backoff, for seconds."""
+    for name in ("index", "notify", "audit"):
+
+        @connect(post_save, sender=Article, dispatch_uid=name)
+        def handler(**kwargs: Any) -> None:
+            pass
+
+    started = time.monotonic()
+    article = Article.objects.create(title="a")
+    assert time.monotonic() - started < 1
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 3
+    assert all(f"pk={article.pk}" in r.getMessage() for r in errors)
+
+
+class SilentRedis:
+    """A Redis server that takes connections and never answers."""
+
+    def __init__(self) -> None:
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.port = self.server.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.accepted.append(self.server.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.server.close()
+        for each in self.accepted:
+            each.close()
+
+
+@pytest.fixture
+def silent_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[SilentRedis]:
+    from django_q.conf import Conf
+
+    server = SilentRedis()
+    monkeypatch.setattr(Conf, "ORM", None)
+    monkeypatch.setattr(Conf, "REDIS", {"host": "127.0.0.1", "port": server.port})
+    yield server
+    server.close()
+
+
+def test_a_redis_that_does_not_answer_holds_one_request_a_second(
+    connect: Connect[Any], silent_redis: SilentRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    @connect(post_save, sender=Article)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    started = time.monotonic()
+    Article.objects.create(title="first")
+    waited = time.monotonic() - started
+    assert 0.9 < waited < 3
+    tried = len(silent_redis.accepted)
+
+    later = [Article.objects.create(title=f"later {n}") for n in range(5)]
+    # Not tried again for a while: no request waits on it.
+    assert len(silent_redis.accepted) == tried
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 6
+    for article, message in zip(later, errors[1:], strict=True):
+        assert f"pk={article.pk}" in message
+        assert "did not answer" in message
+
+
+def test_with_on_commit_false_a_broker_cooling_down_raises_at_once(
+    connect: Connect[Any], silent_redis: SilentRedis
+) -> None:
+    @connect(post_save, sender=Article, on_commit=False)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    import redis
+
+    with pytest.raises(redis.TimeoutError):
+        Article.objects.create(title="first")
+    with pytest.raises(_brokers.BrokerUnavailable, match="did not answer"):
+        Article.objects.create(title="second")
 
 
 @pytest.mark.usefixtures("unreachable_redis")

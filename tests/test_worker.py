@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from django.db import transaction
@@ -72,3 +73,30 @@ def test_a_batch_runs_every_call_and_records_the_failed_ones(worker: Worker) -> 
     assert failure.result.startswith(f"2 of 5 calls to {path} failed: ")
     assert f"call 2 (instance=<tests.Bulk pk={bulks[1].pk}>)" in failure.result
     assert "ValueError: refused fail 4" in failure.result
+
+
+def test_a_batch_with_a_failed_call_is_never_run_again(
+    transactional_db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ORM broker hands out a failed task again every `retry` seconds
+    unless its failure is acknowledged, as it is not by default."""
+    from django_q.conf import Conf
+    from django_q.models import Failure
+
+    monkeypatch.setattr(Conf, "ORM", "default")
+    monkeypatch.setattr(Conf, "ACK_FAILURES", False)
+    retry = 2
+    env = {"QSIGNALS_ORM_BROKER": "default", "QSIGNALS_RETRY": str(retry)}
+    worker = Worker(tmp_path / "qcluster.log", **env)
+    try:
+        with transaction.atomic():
+            for title in ("ok 1", "fail 2", "ok 3"):
+                Bulk.objects.create(title=title)
+        worker.wait_for(Failure.objects.exists)
+        time.sleep(2.5 * retry)  # two more chances to run it again
+    finally:
+        worker.stop()
+
+    ran = Seen.objects.filter(handler="record_bulk").order_by("id")
+    assert list(ran.values_list("title", flat=True)) == ["ok 1", "ok 3"]
+    assert Failure.objects.get().attempt_count == 1

@@ -39,9 +39,9 @@ def test_a_module_level_handler_is_found_by_importing_its_module() -> None:
     [
         (b"not a pickle", "Not a django-q-signals payload"),
         (pickle.dumps(("too", "short")), "Not a django-q-signals payload"),
-        (payload(99, "k", "m", 0, None, {}), "Payload format 99 is not 1"),
+        (payload(99, "k", "m", 0, b""), f"Payload format 99 is not {_payload.FORMAT}"),
         (
-            payload(_payload.FORMAT, "tests.nowhere.handler", "tests", 0, None, {}),
+            payload(_payload.FORMAT, "tests.nowhere.handler", "tests", 0, b""),
             "No async receiver 'tests.nowhere.handler' in this worker",
         ),
     ],
@@ -58,9 +58,7 @@ def test_a_payload_it_cannot_use_is_refused(
 def test_a_module_that_cannot_be_imported_is_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    data = payload(
-        _payload.FORMAT, "no_such_module.handler", "no_such_module", 0, None, {}
-    )
+    data = payload(_payload.FORMAT, "no_such_module.handler", "no_such_module", 0, b"")
     with pytest.raises(LookupError):
         run_receiver(data)
     assert "Could not import no_such_module" in caplog.records[0].getMessage()
@@ -74,3 +72,21 @@ def test_run_receiver_returns_what_the_handler_returns(connect: Connect[Any]) ->
     custom.send(sender=None, n=21)
     [task] = queued_tasks()
     assert run_receiver(*task["args"]) == 42
+
+
+class TwoArguments(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+
+
+def test_a_call_that_cannot_be_unpickled_names_its_receiver(
+    connect: Connect[Any],
+) -> None:
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    custom.send(sender=None, error=TwoArguments(1, "broken"))
+    [task] = queued_tasks()
+    with pytest.raises(ValueError, match=r"A call to .*handler failed: Could not "):
+        run_receiver(*task["args"])

@@ -3,11 +3,12 @@
 The ORM broker gets one ``bulk_create``, Redis one ``RPUSH``, any other
 broker its own ``enqueue`` per task.
 
-A network broker that fails costs a request at most about a second (Redis is
-written to with short timeouts and no retries); after that the process does
-not try it again for ``COOL_DOWN`` seconds, so requests do not wait on a
-broker that is down. The ORM broker is the project's own database, which the
-request needs anyway: it is always tried.
+A network broker that fails costs a request at most about a second: Redis is
+written to with short timeouts and no retries. One that refuses connections
+fails at once and is tried again at the next write; one that took long to
+fail (it does not answer) is not tried again for ``COOL_DOWN`` seconds, so
+requests do not wait on it. The ORM broker is the project's own database,
+which the request needs anyway: it is always tried.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("django_q_signals")
 
-#: Seconds a network broker is left alone after a failed write.
+#: Seconds a network broker is left alone after a write that failed slowly.
 COOL_DOWN = 10.0
+#: A failed write that took this many seconds made the request wait.
+SLOW = 0.25
 #: Seconds to wait for Redis to connect, and to answer.
 REDIS_TIMEOUT = 1.0
 
@@ -55,13 +58,16 @@ def write(destination: Any, packs: list[str], tasks: list[list[Call]]) -> None:
     failed_at = _failed_at.get(key)
     if failed_at is not None and time.monotonic() - failed_at < COOL_DOWN:
         raise BrokerUnavailable(
-            f"Django Q2's broker for {key!r} failed {time.monotonic() - failed_at:.1f} "
-            f"s ago; it is tried again {COOL_DOWN:.0f} s after the failure."
+            f"Django Q2's broker for {key!r} did not answer "
+            f"{time.monotonic() - failed_at:.1f} s ago; it is tried again "
+            f"{COOL_DOWN:.0f} s after that."
         )
+    started = time.monotonic()
     try:
         _write_broker(key, packs)
     except Exception:
-        _failed_at[key] = time.monotonic()
+        if time.monotonic() - started >= SLOW:
+            _failed_at[key] = time.monotonic()
         raise
     _failed_at.pop(key, None)
 

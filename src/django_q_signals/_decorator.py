@@ -94,6 +94,9 @@ def _receive_for(receiver: _registry.Receiver) -> Callable[..., None]:
         if call is not None:
             _queue.queue_call(call)
 
+    # What Django's checks call it, for example when a lazy sender names no
+    # model ("The function 'shop.signals.reindex' was connected ...").
+    receive.__name__ = receive.__qualname__ = receiver.key
     return receive
 
 

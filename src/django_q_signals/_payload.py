@@ -37,7 +37,7 @@ logger = logging.getLogger("django_q_signals")
 
 # Bumped whenever the layout below changes, so a worker running another
 # version refuses a payload instead of misreading it.
-FORMAT = 1
+FORMAT = 2
 
 
 class Row(NamedTuple):
@@ -94,48 +94,65 @@ def encode_call(
             DEFAULT_DB_ALIAS,
         )
     sender = _encode(sender, snapshot)
-    signal_index = receiver.signals.index(signal)
-    data = [FORMAT, receiver.key, receiver.module, signal_index, sender, arguments]
     try:
-        payload = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
+        blob = _dumps((sender, arguments))
     except Exception:
-        # Rare: find what cannot be pickled, drop it and say so.
-        data[4] = _picklable_or(receiver, "sender", sender, None)
-        for name in list(arguments):
-            if _picklable_or(receiver, name, arguments[name], _DROP) is _DROP:
-                del arguments[name]
+        # Rare: find what cannot be pickled, leave it out and say so.
+        sender, arguments = _picklable(receiver, sender, arguments)
         try:
-            payload = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
+            blob = _dumps((sender, arguments))
         except Exception:
             logger.exception(
                 "Could not pickle a call to %s; it is not queued", receiver
             )
             return None
-    return Call(receiver, payload, alias, arguments)
+    # The receiver is pickled apart from the arguments, so that a worker
+    # that cannot unpickle them still knows whose call failed.
+    header = (FORMAT, receiver.key, receiver.module, receiver.signals.index(signal))
+    return Call(receiver, _dumps((*header, blob)), alias, arguments)
 
 
 class Queued(NamedTuple):
-    """A payload as the worker unpickles it, before anything is loaded."""
+    """A payload as the worker unpickles it, before its arguments."""
 
     key: str
     module: str
     signal_index: int
+    blob: bytes
+
+
+class Arguments(NamedTuple):
+    """A call's sender and kwargs as queued, before instances are loaded."""
+
     sender: Any
-    arguments: dict[str, Any]
+    kwargs: dict[str, Any]
 
 
 def load(payload: bytes) -> Queued:
     try:
         version, *fields = pickle.loads(payload)
-        queued = Queued(*fields)
     except Exception as exc:
         raise ValueError(f"Not a django-q-signals payload: {exc}") from exc
+    if not isinstance(version, int):
+        raise ValueError(f"Not a django-q-signals payload: it starts with {version!r}")
     if version != FORMAT:
         raise ValueError(
             f"Payload format {version!r} is not {FORMAT}: was it queued by another "
             "version of django-q-signals?"
         )
-    return queued
+    try:
+        return Queued(*fields)
+    except TypeError as exc:
+        raise ValueError(f"Not a django-q-signals payload: {exc}") from exc
+
+
+def load_arguments(queued: Queued) -> Arguments:
+    try:
+        return Arguments(*pickle.loads(queued.blob))
+    except Exception as exc:
+        raise ValueError(
+            f"Could not unpickle its arguments: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 class Rows:
@@ -145,13 +162,16 @@ class Rows:
     from; ``instance`` also with the receiver's select/prefetch_related.
     """
 
-    def __init__(self, receiver: Receiver, batch: list[Queued]) -> None:
+    def __init__(self, receiver: Receiver, batch: list[Arguments]) -> None:
         self._receiver = receiver
         wanted: dict[tuple[str, str, bool], set[Any]] = {}
         # How many calls still want each row: all but the last get a copy.
         self._uses: Counter[tuple[tuple[str, str, bool], Any]] = Counter()
-        for queued in batch:
-            for name, value in [("sender", queued.sender), *queued.arguments.items()]:
+        for arguments in batch:
+            for name, value in [
+                ("sender", arguments.sender),
+                *arguments.kwargs.items(),
+            ]:
                 if isinstance(value, Row):
                     key = self._key(name, value)
                     wanted.setdefault(key, set()).add(value.pk)
@@ -199,19 +219,19 @@ class Rows:
 
 
 def rebuild(
-    receiver: Receiver, queued: Queued, rows: Rows
-) -> tuple[Signal, Any, dict[str, Any]]:
-    """The ``signal``, ``sender`` and kwargs to call the handler with."""
+    receiver: Receiver, arguments: Arguments, rows: Rows
+) -> tuple[Any, dict[str, Any]]:
+    """The ``sender`` and kwargs to call the handler with."""
     kwargs = {}
-    for name, value in queued.arguments.items():
+    for name, value in arguments.kwargs.items():
         kwargs[name] = _decode(rows, name, value)
         if kwargs[name] is None and isinstance(value, Row):
             kwargs[f"_{name}_pk"] = value.pk
-    sender = _decode(rows, "sender", queued.sender)
-    return receiver.signals[queued.signal_index], sender, kwargs
+    return _decode(rows, "sender", arguments.sender), kwargs
 
 
-_DROP = object()
+def _dumps(data: Any) -> bytes:
+    return pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
 
 
 def _encode(value: Any, snapshot: bool) -> Any:
@@ -248,9 +268,19 @@ def _pk(instance: Model) -> Any:
         return pk
 
 
-def _picklable_or(receiver: Receiver, name: str, value: Any, default: Any) -> Any:
+def _picklable(
+    receiver: Receiver, sender: Any, arguments: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """``sender`` and ``arguments`` without what cannot be pickled."""
+    if not _can_pickle(receiver, "sender", sender):
+        sender = None
+    kept = {k: v for k, v in arguments.items() if _can_pickle(receiver, k, v)}
+    return sender, kept
+
+
+def _can_pickle(receiver: Receiver, name: str, value: Any) -> bool:
     try:
-        pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        _dumps(value)
     except Exception as exc:
         receiver.warn_once(
             name,
@@ -262,8 +292,8 @@ def _picklable_or(receiver: Receiver, name: str, value: Any, default: Any) -> An
             exc,
             "sender=None" if name == "sender" else f"no {name!r}",
         )
-        return default
-    return value
+        return False
+    return True
 
 
 def _decode(rows: Rows, name: str, value: Any) -> Any:

@@ -85,6 +85,15 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
         tasks = [task for task, _ in items]
         try:
             _brokers.write(destination, [pack for _, pack in items], tasks)
+        except _brokers.BrokerUnavailable as exc:
+            if raise_errors:
+                raise
+            logger.error(
+                "Could not queue %d task(s), they are lost (%s): %s",
+                len(tasks),
+                exc,
+                "; ".join(map(describe, tasks)),
+            )
         except Exception:
             if raise_errors:
                 raise

@@ -83,12 +83,17 @@ class Receiver:
     def task_options(self) -> dict[str, Any]:
         """The options for Django Q2: the receiver's, over the settings', over
         the default name and group."""
-        return {
+        options = {
             "task_name": self.task_name,
             "group": self.task_name,
             **_conf.get().q_options,
             **self.q_options,
         }
+        if self.is_batched:
+            # A batch is never run again as a whole because some of its
+            # calls failed: the others would run twice.
+            options["ack_failure"] = True
+        return options
 
     def is_connected(self) -> bool:
         return any(

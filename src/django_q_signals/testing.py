@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from django.utils.module_loading import import_string
 
 from django_q_signals import _queue
-from django_q_signals._payload import Rows, load, rebuild
+from django_q_signals._payload import Rows, load, load_arguments, rebuild
 
 if TYPE_CHECKING:
     from django.dispatch import Signal
@@ -78,7 +78,7 @@ class CapturedCall:
 
     @property
     def sender(self) -> Any:
-        return self._rebuild()[1]
+        return self._rebuild()[0]
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -88,16 +88,16 @@ class CapturedCall:
         worker would load them; a row that is gone gives None and its pk as
         ``_<name>_pk``. ``signal`` and ``sender`` are not included.
         """
-        return self._rebuild()[2]
+        return self._rebuild()[1]
 
     def run(self) -> Any:
         """Run the handler as a worker would, and return what it returns."""
         return _run([self._call])
 
-    def _rebuild(self) -> tuple[Signal, Any, dict[str, Any]]:
+    def _rebuild(self) -> tuple[Any, dict[str, Any]]:
         receiver = self._call.receiver
-        queued = load(self._call.payload)
-        return rebuild(receiver, queued, Rows(receiver, [queued]))
+        arguments = load_arguments(load(self._call.payload))
+        return rebuild(receiver, arguments, Rows(receiver, [arguments]))
 
 
 class CapturedCalls(list[CapturedCall]):

@@ -2,7 +2,7 @@
 
 Their dotted paths, ``django_q_signals.worker.run_receiver`` (one call) and
 ``django_q_signals.worker.run_batch`` (a batch), are stored in every queued
-task: they stay stable across releases.
+task.
 """
 
 from __future__ import annotations
@@ -12,9 +12,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from django.dispatch import Signal
 
-from django_q_signals._payload import Queued, Rows, describe_rows, load, rebuild
+from django_q_signals._payload import (
+    Arguments,
+    Queued,
+    Rows,
+    describe_rows,
+    load,
+    load_arguments,
+    rebuild,
+)
 from django_q_signals._registry import Receiver, get_receiver
 
 logger = logging.getLogger("django_q_signals")
@@ -23,41 +30,51 @@ logger = logging.getLogger("django_q_signals")
 def run_receiver(payload: bytes) -> Any:
     """Rebuild a queued signal's arguments and call its handler."""
     receiver, [queued] = _find([payload])
-    signal, sender, kwargs = rebuild(receiver, queued, Rows(receiver, [queued]))
-    return _call(receiver, signal, sender, kwargs)
+    try:
+        arguments = load_arguments(queued)
+    except ValueError as exc:
+        raise ValueError(f"A call to {receiver.key} failed: {exc}") from exc
+    return _call(receiver, queued, arguments, Rows(receiver, [arguments]))
 
 
 def run_batch(payloads: Sequence[bytes]) -> int:
     """Run a batch of one receiver's calls, in order; fail if any call failed.
 
-    Every call runs even when an earlier one raised; the task then fails with
-    an error that lists the failed calls, so Django Q2 records a failure.
+    Every call runs even when an earlier one raised, or could not be loaded;
+    the task then fails with an error that lists the failed calls, so Django
+    Q2 records a failure.
     """
     receiver, batch = _find(payloads)
-    rows = Rows(receiver, batch)
-    failures = []
+    failures: dict[int, str] = {}
+    loaded: list[tuple[int, Queued, Arguments]] = []
     for number, queued in enumerate(batch, 1):
-        signal, sender, kwargs = rebuild(receiver, queued, rows)
         try:
-            _call(receiver, signal, sender, kwargs)
+            loaded.append((number, queued, load_arguments(queued)))
+        except ValueError as exc:
+            logger.error("%s: call %d of %d: %s", receiver.key, number, len(batch), exc)
+            failures[number] = f"call {number}: {exc}"
+    rows = Rows(receiver, [arguments for _, _, arguments in loaded])
+    for number, queued, arguments in loaded:
+        try:
+            _call(receiver, queued, arguments, rows)
         except Exception as exc:
             logger.exception(
                 "%s: call %d of %d failed", receiver.key, number, len(batch)
             )
-            failures.append(
-                f"call {number} ({describe_rows(queued.arguments)}): "
+            failures[number] = (
+                f"call {number} ({describe_rows(arguments.kwargs)}): "
                 f"{type(exc).__name__}: {exc}"
             )
     if failures:
         raise BatchError(
             f"{len(failures)} of {len(batch)} calls to {receiver.key} failed: "
-            + "; ".join(failures)
+            + "; ".join(failures[number] for number in sorted(failures))
         )
     return len(batch)
 
 
 class BatchError(Exception):
-    """Some calls of a batch raised; the others ran."""
+    """Some calls of a batch failed; the others ran."""
 
 
 def _find(payloads: Sequence[bytes]) -> tuple[Receiver, list[Queued]]:
@@ -80,9 +97,9 @@ def _find(payloads: Sequence[bytes]) -> tuple[Receiver, list[Queued]]:
     return receiver, batch
 
 
-def _call(
-    receiver: Receiver, signal: Signal, sender: Any, kwargs: dict[str, Any]
-) -> Any:
+def _call(receiver: Receiver, queued: Queued, arguments: Arguments, rows: Rows) -> Any:
+    sender, kwargs = rebuild(receiver, arguments, rows)
     logger.debug("Running %s", receiver.key)
     handler = async_to_sync(receiver.func) if receiver.is_async else receiver.func
+    signal = receiver.signals[queued.signal_index]
     return handler(signal=signal, sender=sender, **kwargs)

@@ -188,7 +188,10 @@ def own_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Redis
 
 
 def queued_pks(tasks: list[dict[str, Any]]) -> list[int]:
-    return [_payload.load(task["args"][0]).arguments["instance"].pk for task in tasks]
+    return [
+        _payload.load_arguments(_payload.load(task["args"][0])).kwargs["instance"].pk
+        for task in tasks
+    ]
 
 
 def test_a_commit_while_redis_is_down_succeeds_and_logs_the_lost_call(
@@ -302,7 +305,7 @@ def payload(*fields: Any) -> bytes:
 def unknown_receiver() -> bytes:
     """A well-formed call naming a function that is not a receiver."""
     module = NOT_A_RECEIVER.rsplit(".", 1)[0]
-    return payload(_payload.FORMAT, NOT_A_RECEIVER, module, 0, None, {})
+    return payload(_payload.FORMAT, NOT_A_RECEIVER, module, 0, b"")
 
 
 REFUSED = "ERROR django_q_signals: Refused a queued signal"
@@ -320,7 +323,7 @@ TAMPERED = {
         "ValueError: Not a django-q-signals payload",
     ),
     "wrong format": (
-        lambda: signed(task(_queue.TASK, payload(99, NOT_A_RECEIVER, "", 0, None, {}))),
+        lambda: signed(task(_queue.TASK, payload(99, NOT_A_RECEIVER, "", 0, b""))),
         REFUSED,
         f"ValueError: Payload format 99 is not {_payload.FORMAT}",
     ),
