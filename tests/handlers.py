@@ -5,11 +5,11 @@ Module level, so a worker finds them by importing this module.
 
 from typing import Any
 
-from django.db.models.signals import post_save
+from django.db.models.signals import m2m_changed, post_save
 from django.dispatch import Signal
 
 from django_q_signals import async_receiver
-from tests.models import Bulk, Draft, Note, Seen
+from tests.models import Bulk, Draft, Note, Seen, Shelf
 
 
 @async_receiver(post_save, sender=Note)
@@ -19,6 +19,18 @@ def record_note(instance: Note | None, created: bool, **kwargs: Any) -> None:
         note_pk=instance.pk if instance else kwargs["_instance_pk"],
         title=instance.title if instance else None,
         created=created,
+    )
+
+
+@async_receiver(
+    m2m_changed, sender=Shelf.notes.through, batch=True, select_related=["owner"]
+)
+def record_shelving(instance: Shelf | Note, action: str, **kwargs: Any) -> None:
+    if action != "post_add":
+        return
+    owner = instance.owner.name if isinstance(instance, Shelf) else None
+    Seen.objects.create(
+        handler="record_shelving", title=f"{type(instance).__name__} {owner}"
     )
 
 

@@ -55,6 +55,13 @@ class Note(models.Model):
     title = models.CharField(max_length=100)
 
 
+class Shelf(models.Model):
+    """Only the m2m_changed handler in tests/handlers.py listens to it."""
+
+    owner = models.ForeignKey(Author, null=True, on_delete=models.SET_NULL)
+    notes = models.ManyToManyField(Note)
+
+
 class Seen(models.Model):
     """What a handler running in a worker process saw, one row per call."""
 

@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
+from django.db.models.signals import m2m_changed, post_save
 from django.dispatch import Signal
 from django.test import override_settings
 
 from django_q_signals import checks
 from tests.conftest import Connect
+from tests.models import Article, Author
 
 custom = Signal()
 
@@ -201,3 +203,60 @@ def test_w001_silent_for_module_level_handlers() -> None:
     import tests.handlers  # noqa: F401
 
     assert checks.check_receivers_importable() == []
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"select_related": ["auther"]}, "tests.Article has no field 'auther'"),
+        (
+            {"select_related": ["tags"]},
+            "tests.Article.tags is not a foreign key or one-to-one relation",
+        ),
+        (
+            {"select_related": ["author__nope"]},
+            "tests.Author has no field 'nope'",
+        ),
+        ({"prefetch_related": ["tagz"]}, "tests.Article has no relation 'tagz'"),
+        ({"prefetch_related": ["title"]}, "tests.Article.title is not a relation"),
+        (
+            {"prefetch_related": ["author__articles"]},
+            "tests.Author has no relation 'articles'",
+        ),
+    ],
+)
+def test_e006_a_lookup_that_does_not_exist(
+    connect: Connect[Any], options: dict[str, list[str]], problem: str
+) -> None:
+    @connect(post_save, sender=Article, **options)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    [message] = checks.check_relation_lookups()
+    assert message.id == "django_q_signals.E006"
+    assert message.obj is handler
+    assert problem in message.msg
+
+
+@pytest.mark.parametrize(
+    ("sender", "options"),
+    [
+        (Article, {"select_related": ["author"], "prefetch_related": ["tags"]}),
+        ("tests.Article", {"prefetch_related": ["author__article_set", "comment_set"]}),
+        ("tests.Feature", {"select_related": ["article_ptr__author"]}),
+        (Author, {"select_related": []}),
+        # m2m_changed's sender is the through model: the lookups are the
+        # declaring model's (Article's).
+        (Article.tags.through, {"select_related": ["author"]}),
+    ],
+)
+def test_e006_silent_for_lookups_that_exist(
+    connect: Connect[Any], sender: Any, options: dict[str, list[str]]
+) -> None:
+    signal = m2m_changed if sender is Article.tags.through else post_save
+
+    @connect(signal, sender, **options)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert checks.check_relation_lookups() == []

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import Signal
 from django.test.utils import CaptureQueriesContext
@@ -316,3 +316,37 @@ def test_an_async_handler_reads_relations_loaded_for_it(connect: Connect[Any]) -
     article.tags.add(Tag.objects.create(name="x"))
     run_queued()
     assert received == [("Ada", ["x"])]
+
+
+@pytest.mark.parametrize("sender", [None, "articles", Signal])
+def test_relations_without_a_model_sender_are_refused(sender: Any) -> None:
+    with pytest.raises(TypeError, match="apply to the sender's model"):
+        async_receiver(custom, sender, select_related=["author"])
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_relations_are_left_out_for_the_other_side_of_an_m2m(
+    connect: Connect[Any], batch: bool
+) -> None:
+    from django.db.models.signals import m2m_changed
+
+    received = []
+
+    @connect(
+        m2m_changed,
+        sender=Article.tags.through,
+        batch=batch,
+        select_related=["author"],
+        prefetch_related=["tags"],
+    )
+    def handler(instance: Article | Tag, action: str, **kwargs: Any) -> None:
+        if action == "post_add":
+            received.append(type(instance).__name__)
+
+    article = Article.objects.create(title="a", author=Author.objects.create(name="A"))
+    tag = Tag.objects.create(name="t")
+    with transaction.atomic():
+        article.tags.add(tag)
+        tag.article_set.add(Article.objects.create(title="b"))
+    run_queued()
+    assert received == ["Article", "Tag"]

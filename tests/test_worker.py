@@ -9,8 +9,8 @@ import pytest
 from django.db import transaction
 
 from tests.conftest import Worker, rolled_back
-from tests.handlers import record_bulk, record_note
-from tests.models import Bulk, Note, Seen
+from tests.handlers import record_bulk, record_note, record_shelving  # noqa: F401
+from tests.models import Author, Bulk, Note, Seen, Shelf
 
 pytestmark = pytest.mark.worker
 
@@ -100,3 +100,18 @@ def test_a_batch_with_a_failed_call_is_never_run_again(
     ran = Seen.objects.filter(handler="record_bulk").order_by("id")
     assert list(ran.values_list("title", flat=True)) == ["ok 1", "ok 3"]
     assert Failure.objects.get().attempt_count == 1
+
+
+def test_relations_apply_to_the_model_they_were_written_for(worker: Worker) -> None:
+    """An m2m's reverse side sends the other model as instance."""
+    from django_q.models import Failure
+
+    shelf = Shelf.objects.create(owner=Author.objects.create(name="Ada"))
+    notes = [Note.objects.create(title=str(n)) for n in range(2)]
+    with transaction.atomic():
+        shelf.notes.add(notes[0])
+        notes[1].shelf_set.add(shelf)
+    worker.wait_for(lambda: Seen.objects.filter(handler="record_shelving").count() == 2)
+    shelved = Seen.objects.filter(handler="record_shelving").order_by("id")
+    assert list(shelved.values_list("title", flat=True)) == ["Shelf Ada", "Note None"]
+    assert not Failure.objects.exists()

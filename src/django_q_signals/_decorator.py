@@ -51,6 +51,11 @@ def async_receiver(
     options = _check_q_options(q_options)
     related = _check_lookups("select_related", select_related)
     prefetched = _check_lookups("prefetch_related", prefetch_related)
+    if (related or prefetched) and not _names_a_model(sender):
+        raise TypeError(
+            "select_related and prefetch_related apply to the sender's model: "
+            f"give a model, or 'app_label.ModelName', as sender, not {sender!r}."
+        )
 
     def decorator(func: Handler) -> Handler:
         _check_handler(func)
@@ -122,6 +127,10 @@ def _check_sender(sender: Any) -> None:
             f"{sender!r} is a Django Q2 model: an async receiver for it would "
             "queue a task for every task Django Q2 saves, forever."
         )
+
+
+def _names_a_model(sender: Any) -> bool:
+    return isinstance(sender, ModelBase) or (isinstance(sender, str) and "." in sender)
 
 
 def _check_on_commit(on_commit: bool | None) -> None:

@@ -179,11 +179,11 @@ class Rows:
         self._found = {key: self._load(key, pks) for key, pks in wanted.items()}
 
     def _key(self, name: str, row: Row) -> tuple[str, str, bool]:
-        db = row.db or router.db_for_read(apps.get_model(row.label))
-        receiver = self._receiver
-        related = name == "instance" and bool(
-            receiver.select_related or receiver.prefetch_related
-        )
+        model = apps.get_model(row.label)
+        db = row.db or router.db_for_read(model)
+        # The relations apply to the model they were written for only: an
+        # m2m_changed from the other side sends an instance of the other model.
+        related = name == "instance" and model is self._receiver.related_model
         return row.label, db, related
 
     def _load(self, key: tuple[str, str, bool], pks: set[Any]) -> dict[Any, Model]:

@@ -12,12 +12,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
 from django.dispatch import Signal
 
 from django_q_signals import _conf
+
+if TYPE_CHECKING:
+    from django.db.models import Model
 
 logger = logging.getLogger("django_q_signals")
 
@@ -94,6 +98,30 @@ class Receiver:
             # calls failed: the others would run twice.
             options["ack_failure"] = True
         return options
+
+    @cached_property
+    def related_model(self) -> type[Model] | None:
+        """The model ``select_related`` and ``prefetch_related`` were written
+        for: the sender, or for an m2m's through model, the model that
+        declares the field. None if the sender names no model."""
+        if not (self.select_related or self.prefetch_related):
+            return None
+        try:
+            model = (
+                apps.get_model(self.sender)
+                if isinstance(self.sender, str)
+                else self.sender
+            )
+        except (LookupError, ValueError):
+            return None  # Django's own check reports the lazy reference.
+        declaring = model._meta.auto_created
+        if declaring:
+            return cast("type[Model]", declaring)
+        for candidate in apps.get_models():
+            for field in candidate._meta.local_many_to_many:
+                if field.remote_field.through is model:  # type: ignore[attr-defined]
+                    return candidate
+        return cast("type[Model]", model)
 
     def is_connected(self) -> bool:
         return any(

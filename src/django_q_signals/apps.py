@@ -14,3 +14,4 @@ class DjangoQSignalsConfig(AppConfig):
         checks.register(signal_checks.check_settings)
         checks.register(signal_checks.check_retry_above_timeout)
         checks.register(signal_checks.check_receivers_importable)
+        checks.register(signal_checks.check_relation_lookups)

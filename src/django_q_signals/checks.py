@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
+from django.core.exceptions import FieldDoesNotExist
+from django.db.models.constants import LOOKUP_SEP
+from django.db.models.fields.reverse_related import ForeignObjectRel
 
 from django_q_signals import _conf
 from django_q_signals._registry import all_receivers
+
+if TYPE_CHECKING:
+    from django.db.models import Model
 
 # Q_CLUSTER keys that choose a broker other than Django Q2's default, Redis.
 _BROKER_KEYS = (
@@ -132,6 +138,74 @@ def check_retry_above_timeout(**kwargs: Any) -> list[CheckMessage]:
                 )
             )
     return warnings
+
+
+def check_relation_lookups(**kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    for receiver in all_receivers():
+        model = receiver.related_model
+        if model is None or not receiver.is_connected():
+            continue
+        for kind, lookups, problem_in in (
+            ("select_related", receiver.select_related, _select_related_problem),
+            ("prefetch_related", receiver.prefetch_related, _prefetch_related_problem),
+        ):
+            for lookup in lookups:
+                problem = problem_in(model, lookup)
+                if problem:
+                    errors.append(
+                        Error(
+                            f"{receiver.key}: {kind} {lookup!r} cannot be loaded "
+                            f"with {model._meta.label}: {problem}.",
+                            hint=f"Use the names of relations of {model._meta.label} "
+                            "(the sender's model; for m2m_changed, the model that "
+                            "declares the field).",
+                            obj=receiver.func,
+                            id="django_q_signals.E006",
+                        )
+                    )
+    return errors
+
+
+def _select_related_problem(model: type[Model], lookup: str) -> str | None:
+    """Why ``select_related(lookup)`` would fail on ``model``, if it would."""
+    for name in lookup.split(LOOKUP_SEP):
+        try:
+            field = model._meta.get_field(name)
+        except FieldDoesNotExist:
+            return f"{model._meta.label} has no field {name!r}"
+        forward = field.concrete and (field.many_to_one or field.one_to_one)
+        reverse = not field.concrete and field.one_to_one
+        if not (forward or reverse) or field.related_model is None:
+            return (
+                f"{model._meta.label}.{name} is not a foreign key or one-to-one "
+                "relation"
+            )
+        model = cast("type[Model]", field.related_model)
+    return None
+
+
+def _prefetch_related_problem(model: type[Model], lookup: str) -> str | None:
+    """Why ``prefetch_related(lookup)`` would fail on ``model``, if it would."""
+    for name in lookup.split(LOOKUP_SEP):
+        field = next(
+            (f for f in model._meta.get_fields() if _accessor(f) == name), None
+        )
+        if field is None:
+            return f"{model._meta.label} has no relation {name!r}"
+        if not field.is_relation:
+            return f"{model._meta.label}.{name} is not a relation"
+        if field.related_model is None:
+            return None  # A generic foreign key: its model varies by row.
+        model = cast("type[Model]", field.related_model)
+    return None
+
+
+def _accessor(field: Any) -> str | None:
+    """The attribute a field or reverse relation is reached by on instances."""
+    if isinstance(field, ForeignObjectRel):
+        return field.get_accessor_name()
+    return str(field.name)
 
 
 def _importable(module: str) -> bool:
