@@ -5,7 +5,8 @@ import os
 import nox
 
 # The supported versions, in one place: the matrix below is built from them and
-# `nox -s cog` writes them into pyproject.toml's classifiers and README.md.
+# `nox -s cog` writes them into pyproject.toml's classifiers, README.md and
+# docs/installation.md.
 PY_VERSIONS = ["3.10", "3.11", "3.12", "3.13"]
 DJ_VERSIONS = ["5.2", "6.0", "6.1"]
 
@@ -29,9 +30,10 @@ TEST_DEPS = [
     "redis",
     "psycopg[binary]",
 ]
+DOCS_DEPS = ["sphinx", "furo", "myst-parser"]
 # The cog blocks in these files `import noxfile`: hence -I . and nox installed.
 COG = ["cog", "-I", "."]
-COG_FILES = ["pyproject.toml", "README.md"]
+COG_FILES = ["pyproject.toml", "README.md", "docs/installation.md"]
 
 nox.needs_version = ">=2025.10.16"
 nox.options.sessions = ["lint", "types", "tests"]
@@ -116,8 +118,21 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation in docs/ to docs/_build/html; warnings are errors."""
+    # The package itself, so that docs/conf.py reads its version from metadata.
+    session.install(".", *DOCS_DEPS)
+    session.run(
+        "sphinx-build",
+        *("-W", "--keep-going", "-n", "-E"),
+        *("-b", "html", "docs", "docs/_build/html"),
+        *session.posargs,
+    )
+
+
+@nox.session
 def cog(session: nox.Session) -> None:
-    """Rewrite the version lists in pyproject.toml and README.md from this file."""
+    """Rewrite the version lists in pyproject.toml, README.md and the docs."""
     session.install("cogapp", "nox")
     session.run(*COG, "-r", *COG_FILES)
 

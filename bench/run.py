@@ -10,6 +10,9 @@ save, commit included, with no worker running), the tasks and bytes queued,
 and the time from the first save until a real two-worker qcluster, already
 running, has run every handler. It prints a table and writes a chart of
 signals per second to bench/results/.
+
+The documentation's Performance page (docs/performance.md) shows the table
+and chart of a `--sizes 2000` run; its chart is docs/_static/performance-2000.png.
 """
 
 from __future__ import annotations
