@@ -28,9 +28,10 @@ def record_note(instance: Note | None, created: bool, **kwargs: Any) -> None:
 def record_shelving(instance: Shelf | Note, action: str, **kwargs: Any) -> None:
     if action != "post_add":
         return
-    owner = instance.owner.name if isinstance(instance, Shelf) else None
+    owner = instance.owner if isinstance(instance, Shelf) else None
     Seen.objects.create(
-        handler="record_shelving", title=f"{type(instance).__name__} {owner}"
+        handler="record_shelving",
+        title=f"{type(instance).__name__} {owner.name if owner else None}",
     )
 
 

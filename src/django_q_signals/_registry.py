@@ -118,8 +118,8 @@ class Receiver:
         if declaring:
             return cast("type[Model]", declaring)
         for candidate in apps.get_models():
-            for field in candidate._meta.local_many_to_many:
-                if field.remote_field.through is model:  # type: ignore[attr-defined]
+            for m2m in candidate._meta.local_many_to_many:
+                if m2m.remote_field.through is model:
                     return candidate
         return cast("type[Model]", model)
 

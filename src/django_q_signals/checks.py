@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
 from django.conf import settings
@@ -181,7 +181,7 @@ def _select_related_problem(model: type[Model], lookup: str) -> str | None:
                 f"{model._meta.label}.{name} is not a foreign key or one-to-one "
                 "relation"
             )
-        model = cast("type[Model]", field.related_model)
+        model = field.related_model
     return None
 
 
@@ -197,7 +197,7 @@ def _prefetch_related_problem(model: type[Model], lookup: str) -> str | None:
             return f"{model._meta.label}.{name} is not a relation"
         if field.related_model is None:
             return None  # A generic foreign key: its model varies by row.
-        model = cast("type[Model]", field.related_model)
+        model = field.related_model
     return None
 
 
