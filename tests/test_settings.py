@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -129,6 +130,14 @@ def test_batch_true_takes_its_size_from_the_settings(connect: Connect[Any]) -> N
             ),
         ),
         (
+            {"Q_OPTIONS": {"timeout": "30", "ack_failure": 1}},
+            (
+                "In settings.Q_SIGNALS['Q_OPTIONS'], 'timeout' must be a whole "
+                "number of seconds, or None, not '30'; 'ack_failure' must be True "
+                "or False, not 1."
+            ),
+        ),
+        (
             {"Q_OPTIONS": {"task_name": "all"}},
             (
                 "settings.Q_SIGNALS['Q_OPTIONS'] cannot set task_name: each receiver's "
@@ -176,3 +185,54 @@ def test_a_bad_batch_size_setting_keeps_every_call(
 def test_a_bad_on_commit_is_refused(on_commit: Any) -> None:
     with pytest.raises(TypeError, match="on_commit must be True, False or None"):
         async_receiver(custom, on_commit=on_commit)
+
+
+@pytest.mark.parametrize(
+    ("q_options", "error"),
+    [
+        ({"timeout": "30"}, "'timeout' must be a whole number of seconds, or None"),
+        ({"timeout": 0}, "'timeout' must be a whole number of seconds, or None"),
+        ({"timeout": 2.5}, "'timeout' must be a whole number of seconds, or None"),
+        ({"group": 7}, "'group' must be a group name, not 7"),
+        ({"group": ""}, "'group' must be a group name, not ''"),
+        ({"task_name": "x" * 101}, "'task_name' must be a name of at most 100"),
+        ({"hook": "not_a_path"}, "'hook' must be a function, or its dotted path"),
+        ({"save": "yes"}, "'save' must be True or False"),
+        ({"cached": -1}, "'cached' must be True, False or a number of seconds"),
+        ({"cluster": None}, "'cluster' must be the name of a cluster"),
+        ({"broker": "redis"}, "'broker' must be a Django Q2 broker object"),
+    ],
+)
+def test_a_bad_q_option_value_is_refused(q_options: dict[str, Any], error: str) -> None:
+    with pytest.raises(TypeError, match=re.escape(f"In q_options, {error}")):
+        async_receiver(custom, q_options=q_options)
+
+
+def test_timeout_none_leaves_the_clusters_timeout(connect: Connect[Any]) -> None:
+    @connect(custom, q_options={"timeout": None})
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    with override_settings(Q_SIGNALS={"Q_OPTIONS": {"timeout": 9}}):
+        custom.send(sender=None)
+    [task] = queued_tasks()
+    assert "timeout" not in task
+
+
+def test_good_q_option_values_are_taken(connect: Connect[Any]) -> None:
+    @connect(
+        custom,
+        q_options={
+            "timeout": 5,
+            "hook": "tests.handlers.record_note",
+            "cached": 60,
+            "save": False,
+            "ack_failure": True,
+        },
+    )
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    custom.send(sender=None)
+    [task] = queued_tasks()
+    assert (task["timeout"], task["cached"], task["save"]) == (5, 60, False)

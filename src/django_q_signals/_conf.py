@@ -12,6 +12,7 @@ the system check ``django_q_signals.E003`` reports it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from django.conf import settings
@@ -19,21 +20,51 @@ from django.core.signals import setting_changed
 
 logger = logging.getLogger("django_q_signals")
 
-#: Options Django Q2 reads from ``async_task(q_options=...)``.
-Q_OPTION_NAMES = frozenset(
-    {
-        "ack_failure",
-        "broker",
-        "cached",
-        "cluster",
-        "group",
-        "hook",
-        "save",
-        "sync",
-        "task_name",
-        "timeout",
-    }
-)
+
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _is_task_name(value: object) -> bool:
+    # Django Q2 saves it in a 100-character column.
+    return _is_text(value) and len(value) <= 100  # type: ignore[arg-type]
+
+
+def _is_timeout(value: object) -> bool:
+    return value is None or is_positive_int(value)
+
+
+def _is_cached(value: object) -> bool:
+    return isinstance(value, bool) or is_positive_int(value)
+
+
+def _is_hook(value: object) -> bool:
+    return callable(value) or (_is_text(value) and "." in value)  # type: ignore[operator]
+
+
+def _is_broker(value: object) -> bool:
+    return callable(getattr(value, "enqueue", None))
+
+
+#: Options Django Q2 reads from ``async_task(q_options=...)``: what each must
+#: be, and a test for it.
+Q_OPTIONS: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "ack_failure": ("True or False", _is_bool),
+    "broker": ("a Django Q2 broker object", _is_broker),
+    "cached": ("True, False or a number of seconds", _is_cached),
+    "cluster": ("the name of a cluster", _is_text),
+    "group": ("a group name", _is_text),
+    "hook": ("a function, or its dotted path", _is_hook),
+    "save": ("True or False", _is_bool),
+    "sync": ("True or False", _is_bool),
+    "task_name": ("a name of at most 100 characters", _is_task_name),
+    "timeout": ("a whole number of seconds, or None", _is_timeout),
+}
+Q_OPTION_NAMES = frozenset(Q_OPTIONS)
 
 
 class Config(NamedTuple):
@@ -100,19 +131,26 @@ def q_options_problem(q_options: object, where: str) -> str | None:
     if not isinstance(q_options, dict):
         return f"{where} must be a dict, not {q_options!r}."
     unknown = sorted(set(q_options) - Q_OPTION_NAMES)
-    if not unknown:
-        return None
-    problem = (
-        f"Unknown {where} {', '.join(map(repr, unknown))}. Django Q2 task options "
-        f"are: {', '.join(sorted(Q_OPTION_NAMES))}."
-    )
-    cluster_wide = sorted({"retry", "max_attempts"} & set(unknown))
-    if cluster_wide:
-        problem += (
-            f" {' and '.join(cluster_wide)} can only be set for the whole cluster, "
-            "in Q_CLUSTER."
+    if unknown:
+        problem = (
+            f"Unknown {where} {', '.join(map(repr, unknown))}. Django Q2 task "
+            f"options are: {', '.join(sorted(Q_OPTION_NAMES))}."
         )
-    return problem
+        cluster_wide = sorted({"retry", "max_attempts"} & set(unknown))
+        if cluster_wide:
+            problem += (
+                f" {' and '.join(cluster_wide)} can only be set for the whole "
+                "cluster, in Q_CLUSTER."
+            )
+        return problem
+    bad = [
+        f"{name!r} must be {Q_OPTIONS[name][0]}, not {value!r}"
+        for name, value in q_options.items()
+        if not Q_OPTIONS[name][1](value)
+    ]
+    if bad:
+        return f"In {where}, {'; '.join(bad)}."
+    return None
 
 
 def _batch_size_problem(value: object) -> str | None:

@@ -93,6 +93,8 @@ class Receiver:
             **_conf.get().q_options,
             **self.q_options,
         }
+        if options.get("timeout", 0) is None:
+            del options["timeout"]  # The cluster's own timeout.
         if self.is_batched:
             # A batch is never run again as a whole because some of its
             # calls failed: the others would run twice.
