@@ -60,7 +60,7 @@ def write(destination: Any, packs: list[str], tasks: list[list[Call]]) -> None:
         raise BrokerUnavailable(
             f"Django Q2's broker for {key!r} did not answer "
             f"{time.monotonic() - failed_at:.1f} s ago; it is tried again "
-            f"{COOL_DOWN:.0f} s after that."
+            f"{COOL_DOWN:.0f} s after that"
         )
     started = time.monotonic()
     try:
