@@ -28,6 +28,7 @@ TEST_DEPS = [
     "pytest-django",
     "coverage[toml]>=7.10.3",
     "redis",
+    "django-redis",
     "psycopg[binary]",
 ]
 DOCS_DEPS = ["sphinx", "furo", "myst-parser"]

@@ -1,5 +1,7 @@
 import uuid
 
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
 from django.db import models
 
 
@@ -60,6 +62,29 @@ class Shelf(models.Model):
 
     owner = models.ForeignKey(Author, null=True, on_delete=models.SET_NULL)
     notes = models.ManyToManyField(Note)
+
+
+class Reader(models.Model):
+    """Borrows notes through an explicit through model."""
+
+    name = models.CharField(max_length=100)
+    notes = models.ManyToManyField(Note, through="Loan")
+
+
+class Loan(models.Model):
+    reader = models.ForeignKey(Reader, on_delete=models.CASCADE)
+    note = models.ForeignKey(Note, on_delete=models.CASCADE)
+
+
+class Bookmark(models.Model):
+    """Points at a row of any model."""
+
+    # No constraint: the tests app is created before contenttypes' tables.
+    content_type = models.ForeignKey(
+        ContentType, on_delete=models.CASCADE, db_constraint=False
+    )
+    object_id = models.PositiveIntegerField()
+    target = GenericForeignKey("content_type", "object_id")
 
 
 class Seen(models.Model):

@@ -14,7 +14,7 @@ from django.db.models.signals import m2m_changed, post_delete, post_save, pre_sa
 from django.dispatch import Signal
 
 from tests.conftest import Connect, queued_tasks, run_queued
-from tests.models import Article, Author, Slug, Tag, Token
+from tests.models import Article, Author, Membership, Slug, Tag, Token
 
 # Real commits: every signal is queued the way it is in production.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -393,3 +393,51 @@ def test_a_call_that_cannot_be_pickled_is_logged_not_raised(
     assert (
         "Could not pickle a call to <Receiver tests." in caplog.records[-1].getMessage()
     )
+
+
+def test_a_saved_instance_without_a_pk_arrives_as_it_was(connect: Connect[Any]) -> None:
+    """A deleted instance (Django sets its pk to None) has no row to load."""
+    received: list[tuple[str, int | None]] = []
+
+    @connect(custom)
+    def handler(instance: Article, **kwargs: Any) -> None:
+        received.append((instance.title, instance.pk))
+
+    article = Article.objects.create(title="gone")
+    article.delete()
+    custom.send(sender=None, instance=article)
+    run_queued()
+
+    assert received == [("gone", None)]
+
+
+def test_a_composite_pk_with_a_part_missing_arrives_as_it_was(
+    connect: Connect[Any],
+) -> None:
+    received: list[tuple[str, str | None]] = []
+
+    @connect(custom)
+    def handler(member: Membership, **kwargs: Any) -> None:
+        received.append((member.team, member.person))
+
+    member = Membership.objects.create(team="a", person="b", role="c")
+    member.person = None  # type: ignore[assignment]
+    custom.send(sender=None, member=member)
+    run_queued()
+
+    assert received == [("a", None)]
+
+
+def test_a_pk_no_row_can_have_gives_none(connect: Connect[Any]) -> None:
+    received = []
+
+    @connect(custom)
+    def handler(instance: Article | None, _instance_pk: Any, **kwargs: Any) -> None:
+        received.append((instance, _instance_pk))
+
+    article = Article.objects.create(title="a")
+    article.pk = "not a number"
+    custom.send(sender=None, instance=article)
+    run_queued()
+
+    assert received == [(None, "not a number")]

@@ -14,9 +14,9 @@ from django.db.models.signals import m2m_changed, post_save
 from django.dispatch import Signal
 from django.test import override_settings
 
-from django_q_signals import checks
+from django_q_signals import _registry, checks
 from tests.conftest import Connect
-from tests.models import Article, Author
+from tests.models import Article, Author, Bookmark, Loan
 
 custom = Signal()
 
@@ -248,15 +248,32 @@ def test_e006_a_lookup_that_does_not_exist(
         # m2m_changed's sender is the through model: the lookups are the
         # declaring model's (Article's).
         (Article.tags.through, {"select_related": ["author"]}),
+        # An explicit through model: the lookups are Reader's.
+        (Loan, {"prefetch_related": ["notes"]}),
+        # A generic foreign key: what lies beyond it varies by row.
+        (Bookmark, {"prefetch_related": ["target__anything"]}),
     ],
 )
 def test_e006_silent_for_lookups_that_exist(
     connect: Connect[Any], sender: Any, options: dict[str, list[str]]
 ) -> None:
-    signal = m2m_changed if sender is Article.tags.through else post_save
+    signal = m2m_changed if sender in (Article.tags.through, Loan) else post_save
 
     @connect(signal, sender, **options)
     def handler(**kwargs: Any) -> None:
         pass
 
     assert checks.check_relation_lookups() == []
+
+
+def test_the_relations_of_a_lazy_sender_naming_no_model_are_not_checked() -> None:
+    """Django's own check (signals.E001) reports the lazy reference."""
+    receiver = _registry.Receiver(
+        ids,
+        "tests.test_checks.ids",
+        (custom,),
+        "tests.Nothing",
+        dispatch_uid=None,
+        select_related=("author",),
+    )
+    assert receiver.related_model is None

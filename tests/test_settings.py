@@ -236,3 +236,14 @@ def test_good_q_option_values_are_taken(connect: Connect[Any]) -> None:
     custom.send(sender=None)
     [task] = queued_tasks()
     assert (task["timeout"], task["cached"], task["save"]) == (5, 60, False)
+
+
+def test_the_clusters_cached_setting_reaches_the_tasks(
+    numbers: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "CACHED", 60)
+    custom.send(sender=None, n=1)
+    [task] = queued_tasks()
+    assert task["cached"] == 60

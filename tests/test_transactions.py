@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 from django.db.models.signals import post_save
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from django_q_signals import _brokers
@@ -391,3 +392,25 @@ def test_nothing_is_formatted_for_debug_logs_nobody_reads(
         custom.send(sender=None, n=1)
     assert caplog.records == []
     assert len(queued_tasks()) == 1
+
+
+@pytest.mark.services
+def test_a_django_redis_connection_is_used_as_it_is(
+    numbers: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.conf import settings
+    from django_q.conf import Conf
+
+    caches = {
+        **settings.CACHES,
+        "queue": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": settings.REDIS_URL,
+        },
+    }
+    monkeypatch.setattr(Conf, "DJANGO_REDIS", "queue")
+    with override_settings(CACHES=caches):
+        with transaction.atomic():
+            custom.send(sender=None, n=1)
+        run_queued()
+    assert numbers == [1]

@@ -39,6 +39,7 @@ def test_a_module_level_handler_is_found_by_importing_its_module() -> None:
     [
         (b"not a pickle", "Not a django-q-signals payload"),
         (pickle.dumps(("too", "short")), "Not a django-q-signals payload"),
+        (payload(_payload.FORMAT, "k"), "Not a django-q-signals payload"),
         (payload(99, "k", "m", 0, b""), f"Payload format 99 is not {_payload.FORMAT}"),
         (
             payload(_payload.FORMAT, "tests.nowhere.handler", "tests", 0, b""),

@@ -188,8 +188,10 @@ class Rows:
 
     def _load(self, key: tuple[str, str, bool], pks: set[Any]) -> dict[Any, Model]:
         label, db, related = key
-        manager = apps.get_model(label)._base_manager
-        queryset = manager.using(db).filter(pk__in=list(pks))
+        model = apps.get_model(label)
+        # A pk no row can have (a value of the wrong type) finds no row.
+        pks = {pk for pk in pks if _can_be_stored(model._meta.pk, pk)}
+        queryset = model._base_manager.using(db).filter(pk__in=list(pks))
         if related:
             receiver = self._receiver
             if receiver.select_related:
@@ -252,20 +254,28 @@ def _encode(value: Any, snapshot: bool) -> Any:
 def _pk(instance: Model) -> Any:
     """The pk as the database gives it back (``"42"`` -> ``42``), or None."""
     pk = instance.pk
-    field = instance._meta.pk
-    assert field is not None
+    if pk is None or (isinstance(pk, tuple) and None in pk):
+        return None
     try:
-        if isinstance(pk, tuple):
-            if None in pk:
-                return None
-            return tuple(
-                part.to_python(value)
-                for part, value in zip(field.fields, pk, strict=True)  # type: ignore[attr-defined]
-            )
-        return field.to_python(pk)
-    except (ValidationError, ValueError):
-        # Not a value the column can hold: the row cannot exist either.
-        return pk
+        return _to_python(instance._meta.pk, pk)
+    except (ValidationError, ValueError, TypeError):
+        return pk  # No row can have it; the worker finds none.
+
+
+def _to_python(field: Any, pk: Any) -> Any:
+    if isinstance(pk, tuple):  # A composite primary key.
+        return tuple(
+            part.to_python(value) for part, value in zip(field.fields, pk, strict=True)
+        )
+    return field.to_python(pk)
+
+
+def _can_be_stored(field: Any, pk: Any) -> bool:
+    try:
+        _to_python(field, pk)
+    except (ValidationError, ValueError, TypeError):
+        return False
+    return True
 
 
 def _picklable(

@@ -110,17 +110,14 @@ class CapturedCalls(list[CapturedCall]):
 
 @contextmanager
 def _diverted(target: Callable[[list[Call]], None]) -> Iterator[None]:
-    # A wrapper of its own, so that leaving removes this helper's entry and
-    # no other, however helpers nest.
+    # An entry of its own (a partial equals only itself), so that leaving
+    # removes this helper's entry and no other, however helpers nest.
     entry = functools.partial(target)
     _queue.diversions.append(entry)
     try:
         yield
     finally:
-        for index in range(len(_queue.diversions) - 1, -1, -1):
-            if _queue.diversions[index] is entry:
-                del _queue.diversions[index]
-                break
+        _queue.diversions.remove(entry)
 
 
 def _run(calls: list[Call]) -> Any:
