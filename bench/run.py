@@ -76,7 +76,10 @@ def backends() -> list[tuple[str, dict[str, str]]]:
     if answers(5432) and answers(6379):
         create_database(POSTGRES)
         found.append(
-            ("PostgreSQL + Redis", {"DATABASE_URL": POSTGRES, "REDIS_URL": REDIS})
+            (
+                "PostgreSQL + Redis",
+                {"QSIGNALS_DATABASE_URL": POSTGRES, "QSIGNALS_REDIS_URL": REDIS},
+            )
         )
     else:
         print("PostgreSQL or Redis does not answer on 127.0.0.1: SQLite only.")

@@ -1,7 +1,7 @@
 """Settings for the benchmark: SQLite and the ORM broker, or PostgreSQL and Redis.
 
-``BENCH_DB`` is the SQLite file; ``DATABASE_URL`` and ``REDIS_URL`` switch to
-PostgreSQL and Redis.
+``BENCH_DB`` is the SQLite file; ``QSIGNALS_DATABASE_URL`` and
+``QSIGNALS_REDIS_URL`` switch to PostgreSQL and Redis.
 """
 
 import os
@@ -24,8 +24,8 @@ DATABASES = {
         },
     }
 }
-if os.environ.get("DATABASE_URL"):
-    _url = urlsplit(os.environ["DATABASE_URL"])
+if os.environ.get("QSIGNALS_DATABASE_URL"):
+    _url = urlsplit(os.environ["QSIGNALS_DATABASE_URL"])
     DATABASES["default"] = {
         "ENGINE": "django.db.backends.postgresql",
         "HOST": _url.hostname,
@@ -46,8 +46,8 @@ Q_CLUSTER = {
     "catch_up": False,
     "log_level": "WARNING",
 }
-if os.environ.get("REDIS_URL"):
-    Q_CLUSTER["redis"] = os.environ["REDIS_URL"]
+if os.environ.get("QSIGNALS_REDIS_URL"):
+    Q_CLUSTER["redis"] = os.environ["QSIGNALS_REDIS_URL"]
 else:
     Q_CLUSTER["orm"] = "default"
 

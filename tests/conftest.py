@@ -44,6 +44,11 @@ def connect() -> Iterator[Connect[Any]]:
             each.disconnect(func, sender=sender, dispatch_uid=uid)
 
 
+def path(func: Callable[..., Any]) -> str:
+    """A handler's dotted path: its receiver's name, task name and group."""
+    return f"{func.__module__}.{func.__qualname__}"
+
+
 #: A signal of the tests' own; ``numbers`` records its ``n`` kwarg.
 custom = Signal()
 
@@ -116,7 +121,7 @@ def _fresh_brokers(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(autouse=True)
 def _empty_redis() -> None:
     """Each test starts with an empty Redis broker (the ORM one is in the DB)."""
-    if settings.REDIS_URL:
+    if settings.QSIGNALS_REDIS_URL:
         from django_q.brokers import get_broker
 
         get_broker().connection.flushdb()
@@ -196,15 +201,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> No
     problems = [
         f"{name} at {url} is not reachable"
         for name, url in (
-            ("PostgreSQL", settings.DATABASE_URL),
-            ("Redis", settings.REDIS_URL),
+            ("PostgreSQL", settings.QSIGNALS_DATABASE_URL),
+            ("Redis", settings.QSIGNALS_REDIS_URL),
         )
         if url and _unreachable(url)
     ]
-    if not (settings.DATABASE_URL and settings.REDIS_URL):
+    if not (settings.QSIGNALS_DATABASE_URL and settings.QSIGNALS_REDIS_URL):
         problems.append(
-            "needs PostgreSQL and Redis: set DATABASE_URL and REDIS_URL "
-            "(nox -s tests does)"
+            "needs PostgreSQL and Redis: set QSIGNALS_DATABASE_URL and "
+            "QSIGNALS_REDIS_URL (see CONTRIBUTING.md)"
         )
         affected = [item for item in items if item.get_closest_marker("services")]
     else:

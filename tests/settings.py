@@ -1,8 +1,10 @@
 """Settings for the test suite.
 
-By default SQLite and Django Q2's ORM broker. With ``DATABASE_URL``
+By default SQLite and Django Q2's ORM broker. With ``QSIGNALS_DATABASE_URL``
 (``postgres://user@host:port/name``) the databases are PostgreSQL, and with
-``REDIS_URL`` the broker is Redis: ``nox -s tests`` runs the suite both ways.
+``QSIGNALS_REDIS_URL`` the broker is Redis (a database the tests empty): where
+both are set, ``nox -s tests`` runs the suite both ways. Nothing else in the
+environment (a ``DATABASE_URL`` or ``REDIS_URL`` of another project) is read.
 """
 
 import os
@@ -42,9 +44,9 @@ DATABASES: dict[str, dict[str, Any]] = {
     },
 }
 
-DATABASE_URL = os.environ.get("DATABASE_URL")
-if DATABASE_URL:
-    _url = urlsplit(DATABASE_URL)
+QSIGNALS_DATABASE_URL = os.environ.get("QSIGNALS_DATABASE_URL") or None
+if QSIGNALS_DATABASE_URL:
+    _url = urlsplit(QSIGNALS_DATABASE_URL)
     _name = _url.path.lstrip("/")
     for _alias, _suffix in (("default", ""), ("other", "_other")):
         DATABASES[_alias] = {
@@ -79,10 +81,10 @@ Q_CLUSTER = {
     "save_limit": 0,
     "ack_failures": True,
 }
-REDIS_URL = os.environ.get("REDIS_URL")
-if REDIS_URL:
+QSIGNALS_REDIS_URL = os.environ.get("QSIGNALS_REDIS_URL") or None
+if QSIGNALS_REDIS_URL:
     del Q_CLUSTER["orm"]
-    Q_CLUSTER["redis"] = REDIS_URL
+    Q_CLUSTER["redis"] = QSIGNALS_REDIS_URL
 if os.environ.get("QSIGNALS_ORM_BROKER"):
     # A worker started by a test that puts the ORM broker on another alias.
     Q_CLUSTER.pop("redis", None)

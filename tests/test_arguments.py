@@ -1,4 +1,4 @@
-"""What a handler receives in the worker: SPEC section 3, row by row."""
+"""What a handler receives in the worker, kwarg by kwarg."""
 
 from __future__ import annotations
 
@@ -11,15 +11,13 @@ from typing import Any
 import pytest
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
-from django.dispatch import Signal
 
-from tests.conftest import Connect, queued_tasks, run_queued
+from tests.conftest import Connect, custom, queued_tasks, run_queued
 from tests.models import Article, Author, Membership, Slug, Tag, Token
 
 # Real commits: every signal is queued the way it is in production.
 pytestmark = pytest.mark.django_db(transaction=True)
 
-custom = Signal()
 UTC = datetime.timezone.utc
 
 
@@ -441,3 +439,17 @@ def test_a_pk_no_row_can_have_gives_none(connect: Connect[Any]) -> None:
     run_queued()
 
     assert received == [(None, "not a number")]
+
+
+def test_an_async_handler_reading_a_relation_not_loaded_is_told_how(
+    connect: Connect[Any],
+) -> None:
+    from django.core.exceptions import SynchronousOnlyOperation
+
+    @connect(post_save, sender=Article)
+    async def handler(instance: Article, **kwargs: Any) -> None:
+        assert instance.author is not None
+
+    Article.objects.create(title="a", author=Author.objects.create(name="A"))
+    with pytest.raises(SynchronousOnlyOperation, match=r"select_related=\[\.\.\.\]"):
+        run_queued()

@@ -1,4 +1,4 @@
-"""batch=True and batch=N: SPEC section 5."""
+"""batch=True and batch=N: a commit's calls in shared tasks."""
 
 from __future__ import annotations
 
@@ -7,17 +7,21 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 from django.db.models.signals import post_delete, post_save, pre_save
-from django.dispatch import Signal
 from django.test.utils import CaptureQueriesContext
 
 from django_q_signals import async_receiver
 from django_q_signals.worker import BatchError, run_batch
-from tests.conftest import Connect, queued_tasks, rolled_back, run_queued
+from tests.conftest import (
+    Connect,
+    custom,
+    path,
+    queued_tasks,
+    rolled_back,
+    run_queued,
+)
 from tests.models import Article, Author, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-custom = Signal()
 
 
 def batch_sizes() -> list[int]:
@@ -68,9 +72,8 @@ def test_batches_hold_at_most_n_calls(connect: Connect[Any]) -> None:
     assert received == [0, 1, 2, 3, 4]
 
 
-def test_outside_a_transaction_each_signal_is_a_batch_of_one(
-    titles: list[tuple[bool, str | None]],
-) -> None:
+@pytest.mark.usefixtures("titles")
+def test_outside_a_transaction_each_signal_is_a_batch_of_one() -> None:
     Article.objects.create(title="a")
     Article.objects.create(title="b")
     assert batch_sizes() == [1, 1]
@@ -200,8 +203,8 @@ def test_batch_tasks_acknowledge_their_failures(
     custom.send(sender=None)
     acknowledged = {task["name"]: task.get("ack_failure") for task in queued_tasks()}
     assert acknowledged == {
-        f"{batched.__module__}.{batched.__qualname__}": True,
-        f"{alone.__module__}.{alone.__qualname__}": None,
+        path(batched): True,
+        path(alone): None,
     }
 
 
@@ -251,7 +254,7 @@ def test_a_call_that_cannot_be_unpickled_fails_alone(connect: Connect[Any]) -> N
         run_batch(*task["args"])
     assert received == [0, 1, 3, 4]
     assert str(error.value) == (
-        f"1 of 5 calls to {handler.__module__}.{handler.__qualname__} failed: "
+        f"1 of 5 calls to {path(handler)} failed: "
         "call 3: Could not unpickle its arguments: TypeError: "
         "TwoArguments.__init__() missing 1 required positional argument: 'reason'"
     )

@@ -11,14 +11,11 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.db.models.signals import m2m_changed, post_save
-from django.dispatch import Signal
 from django.test import override_settings
 
 from django_q_signals import _registry, checks
-from tests.conftest import Connect
+from tests.conftest import Connect, custom
 from tests.models import Article, Author, Bookmark, Loan
-
-custom = Signal()
 
 
 def ids(messages: list[Any]) -> list[str]:
@@ -48,14 +45,20 @@ def test_e001_silent_when_django_q_is_installed() -> None:
     [
         (None, "Q_CLUSTER is not set"),
         ("orm", "Q_CLUSTER must be a dict, not str"),
-        ({"name": "x", "orm": "missing"}, "'missing', which is not in DATABASES"),
     ],
 )
-def test_e002_no_usable_q_cluster(q_cluster: Any, text: str) -> None:
+def test_e002_no_q_cluster(q_cluster: Any, text: str) -> None:
     with override_settings(Q_CLUSTER=q_cluster):
         messages = checks.check_q_cluster()
     assert ids(messages) == ["django_q_signals.E002"]
     assert text in messages[0].msg
+
+
+def test_e004_the_orm_broker_names_no_database() -> None:
+    with override_settings(Q_CLUSTER={"name": "x", "orm": "missing"}):
+        messages = checks.check_q_cluster()
+    assert ids(messages) == ["django_q_signals.E004"]
+    assert "'missing', which is not in DATABASES" in messages[0].msg
 
 
 def test_e002_silent_for_a_redis_broker() -> None:
@@ -63,16 +66,16 @@ def test_e002_silent_for_a_redis_broker() -> None:
         assert checks.check_q_cluster() == []
 
 
-def test_e002_no_broker_and_no_redis_package(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_e005_no_broker_and_no_redis_package(monkeypatch: pytest.MonkeyPatch) -> None:
     # None in sys.modules makes ``import redis`` fail as if it were not installed.
     monkeypatch.setitem(sys.modules, "redis", None)
     with override_settings(Q_CLUSTER={"name": "x"}):
         messages = checks.check_q_cluster()
-    assert ids(messages) == ["django_q_signals.E002"]
+    assert ids(messages) == ["django_q_signals.E005"]
     assert "the redis package is not installed" in messages[0].msg
 
 
-def test_e002_silent_for_the_default_redis_broker_with_redis_installed() -> None:
+def test_e005_silent_for_the_default_redis_broker_with_redis_installed() -> None:
     with override_settings(Q_CLUSTER={"name": "x"}):
         assert checks.check_q_cluster() == []
 
@@ -277,3 +280,16 @@ def test_the_relations_of_a_lazy_sender_naming_no_model_are_not_checked() -> Non
         select_related=("author",),
     )
     assert receiver.related_model is None
+
+
+@override_settings(Q_SIGNALS={"ON_COMIT": False})
+def test_a_bad_setting_is_reported_once_by_check(
+    connect: Connect[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    @connect(custom, q_options={"timeout": 5})
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    with pytest.raises(SystemCheckError, match="did you mean 'ON_COMMIT'"):
+        call_command("check")
+    assert [r for r in caplog.records if r.name == "django_q_signals"] == []

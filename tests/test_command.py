@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from io import StringIO
 from types import ModuleType
@@ -18,11 +17,9 @@ from django.test import override_settings
 
 from django_q_signals import _registry
 from django_q_signals._queue import BATCH_TASK, TASK
-from tests.conftest import Connect, Worker
+from tests.conftest import Connect, Worker, custom, path, queued_tasks
 from tests.handlers import probe_fails, probe_succeeds, stats_probe
 from tests.models import Article
-
-custom = Signal()
 
 NOON = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -41,10 +38,6 @@ def blocks(output: str) -> dict[str, dict[str, str]]:
         pairs = (line.partition(":") for line in lines)
         found[heading] = {label.strip(): value.strip() for label, _, value in pairs}
     return found
-
-
-def path(func: Callable[..., Any]) -> str:
-    return f"{func.__module__}.{func.__qualname__}"
 
 
 def save_task(
@@ -94,7 +87,7 @@ def test_lists_a_receiver_as_a_block_of_signal_sender_and_options(
         f"{key}\n"
         "    signal:        django.db.models.signals.post_save\n"
         "    sender:        tests.Article\n"
-        "    options:       on_commit=True (from Q_SIGNALS['ON_COMMIT'])\n"
+        "    options:       on_commit=True (default)\n"
         f"    q_options:     task_name='{key}', group='{key}'\n"
         "\n"
     ) in qsignals()
@@ -138,7 +131,9 @@ def test_lists_every_signal_of_a_list(connect: Connect[Any]) -> None:
     )
 
 
-def test_names_a_custom_signal_after_its_module(connect: Connect[Any]) -> None:
+def test_names_a_custom_signal_where_the_handler_found_it(
+    connect: Connect[Any],
+) -> None:
     @connect(custom)
     def handler(**kwargs: Any) -> None:
         pass
@@ -146,12 +141,26 @@ def test_names_a_custom_signal_after_its_module(connect: Connect[Any]) -> None:
     assert blocks(qsignals())[path(handler)]["signal"] == "tests.test_command.custom"
 
 
-def test_names_a_signal_after_the_module_that_defines_it(
+def test_names_a_signal_after_the_signals_module_of_the_handlers_package(
+    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signals = ModuleType("tests.signals")
+    signals.custom = custom  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tests.signals", signals)
+
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["signal"] == "tests.signals.custom"
+
+
+def test_names_a_django_signal_where_django_defines_it(
     connect: Connect[Any],
 ) -> None:
     from django_q import signals
 
-    # A shorter name, also in a module called signals, that only imports it.
+    # Imported elsewhere too, under the same name.
     assert signals.post_save is post_save
 
     @connect(post_save, sender=Article)
@@ -161,40 +170,6 @@ def test_names_a_signal_after_the_module_that_defines_it(
     assert blocks(qsignals())[path(handler)]["signal"] == (
         "django.db.models.signals.post_save"
     )
-
-
-def without_source(name: str, **attributes: Any) -> ModuleType:
-    module = ModuleType(name)
-    vars(module).update(attributes)
-    return module
-
-
-def test_prefers_a_signals_module_when_no_source_tells(
-    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    unnamed = Signal()
-    for name in ("elsewhere.signals", "elsewhere.x"):
-        monkeypatch.setitem(sys.modules, name, without_source(name, sig=unnamed))
-
-    @connect(unnamed)
-    def handler(**kwargs: Any) -> None:
-        pass
-
-    assert blocks(qsignals())[path(handler)]["signal"] == "elsewhere.signals.sig"
-
-
-def test_prefers_the_shortest_name_when_nothing_else_tells(
-    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    unnamed = Signal()
-    for name in ("elsewhere.abc", "elsewhere.b", "elsewhere.a"):
-        monkeypatch.setitem(sys.modules, name, without_source(name, sig=unnamed))
-
-    @connect(unnamed)
-    def handler(**kwargs: Any) -> None:
-        pass
-
-    assert blocks(qsignals())[path(handler)]["signal"] == "elsewhere.a.sig"
 
 
 def test_names_a_signal_no_module_holds_by_its_repr(connect: Connect[Any]) -> None:
@@ -400,6 +375,32 @@ def test_stats_take_one_query_and_one_per_receiver_with_failures(
 
     with django_assert_num_queries(3):
         qsignals("--stats")
+
+
+@pytest.mark.django_db
+def test_stats_count_tasks_resubmitted_under_another_name(
+    connect: Connect[Any],
+) -> None:
+    """Django Q2's admin resubmits a task under a new, random name."""
+    from django_q.models import Task
+
+    @connect(custom, on_commit=False)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    custom.send(sender=None, n=1)
+    [task] = queued_tasks()
+    save_task(path(handler), success=False, result=failure("first try"))
+    later = NOON + timedelta(hours=1)
+    save_task(
+        "seven-eleven-romeo-x", success=False, stopped=later, result=failure("again")
+    )
+    Task.objects.filter(name="seven-eleven-romeo-x").update(args=task["args"])
+    save_task("unrelated-random-name", success=True)
+
+    shown = blocks(qsignals("--stats"))[path(handler)]
+    assert shown["tasks"] == "0 succeeded, 2 failed"
+    assert shown["last failure"] == "2025-03-01 13:00:00+00:00  again"
 
 
 @pytest.mark.django_db

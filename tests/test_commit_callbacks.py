@@ -142,7 +142,8 @@ def test_a_callback_that_deletes_holds_back_no_call(
     assert saved == ["article a", f"deleted tag {pk}", "article b"]
 
 
-def test_each_call_is_sent_when_its_callbacks_run(numbers: list[int]) -> None:
+@pytest.mark.usefixtures("numbers")
+def test_each_call_is_sent_when_its_callbacks_run() -> None:
     """A callback registered between two signals sees the first one queued
     and the second one not yet."""
     seen: list[int] = []

@@ -47,9 +47,8 @@ def test_a_write_on_the_routed_alias_is_queued_at_its_commit(
     assert entries == [("a", "other", "other")]
 
 
-def test_the_routed_alias_rollback_drops_its_calls(
-    entries: list[tuple[str | None, str, str | None]],
-) -> None:
+@pytest.mark.usefixtures("entries")
+def test_the_routed_alias_rollback_drops_its_calls() -> None:
     with rolled_back(using="other"):
         Ledger.objects.create(entry="a")
     assert queued_tasks() == []

@@ -1,4 +1,4 @@
-"""The decorator: SPEC section 2."""
+"""The decorator: its options, and how it connects and names handlers."""
 
 from __future__ import annotations
 
@@ -13,12 +13,10 @@ from django.dispatch import Signal
 from django.test.utils import CaptureQueriesContext
 
 from django_q_signals import async_receiver
-from tests.conftest import Connect, queued_tasks, run_queued
+from tests.conftest import Connect, custom, queued_tasks, run_queued
 from tests.models import Article, Author, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-custom = Signal()
 
 
 def test_returns_the_function_unchanged(connect: Connect[Any]) -> None:

@@ -7,13 +7,10 @@ from typing import Any
 
 import pytest
 from django.db import transaction
-from django.dispatch import Signal
 
-from tests.conftest import Connect, queued_tasks, run_queued
+from tests.conftest import Connect, custom, queued_tasks, run_queued
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-custom = Signal()
 
 
 def test_queuing_and_running_are_logged_at_debug(

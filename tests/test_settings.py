@@ -1,4 +1,4 @@
-"""Project-wide defaults in settings.Q_SIGNALS: SPEC section 6."""
+"""Project-wide defaults in settings.Q_SIGNALS."""
 
 from __future__ import annotations
 
@@ -42,9 +42,8 @@ def test_on_commit_given_to_the_decorator_wins_over_the_settings(
     assert len(queued_tasks()) == 1
 
 
-def test_settings_are_read_when_the_signal_fires_not_when_decorating(
-    numbers: list[int],
-) -> None:
+@pytest.mark.usefixtures("numbers")
+def test_settings_are_read_when_the_signal_fires_not_when_decorating() -> None:
     with override_settings(Q_SIGNALS={"ON_COMMIT": False}), transaction.atomic():
         custom.send(sender=None, n=1)
         assert len(queued_tasks()) == 1
@@ -54,8 +53,9 @@ def test_settings_are_read_when_the_signal_fires_not_when_decorating(
     assert len(queued_tasks()) == 2
 
 
+@pytest.mark.usefixtures("numbers")
 @override_settings(Q_SIGNALS={"Q_OPTIONS": {"group": "signals", "timeout": 9}})
-def test_default_q_options_reach_django_q2(numbers: list[int]) -> None:
+def test_default_q_options_reach_django_q2() -> None:
     custom.send(sender=None, n=1)
     [task] = queued_tasks()
     assert (task["group"], task["timeout"]) == ("signals", 9)
@@ -93,7 +93,8 @@ def test_batch_true_takes_its_size_from_the_settings(connect: Connect[Any]) -> N
         (
             {"ON_COMIT": False},
             (
-                "Unknown settings.Q_SIGNALS keys 'ON_COMIT'; the known ones are "
+                "Unknown settings.Q_SIGNALS key 'ON_COMIT' (did you mean "
+                "'ON_COMMIT'?); the known ones are "
                 "BATCH_SIZE, ON_COMMIT, Q_OPTIONS."
             ),
         ),
@@ -115,18 +116,18 @@ def test_batch_true_takes_its_size_from_the_settings(connect: Connect[Any]) -> N
         (
             {"Q_OPTIONS": {"retry": 9}},
             (
-                "Unknown settings.Q_SIGNALS['Q_OPTIONS'] 'retry'. Django Q2 task "
-                "options are: ack_failure, broker, cached, cluster, group, hook, "
-                "save, sync, task_name, timeout. retry can only be set for the "
-                "whole cluster, in Q_CLUSTER."
+                "Unknown settings.Q_SIGNALS['Q_OPTIONS'] 'retry'. Django Q2 "
+                "task options are: ack_failure, broker, cached, cluster, group, "
+                "hook, save, sync, task_name, timeout. retry can only be set for "
+                "the whole cluster, in Q_CLUSTER."
             ),
         ),
         (
             {"Q_OPTIONS": {"gruop": "mail"}},
             (
-                "Unknown settings.Q_SIGNALS['Q_OPTIONS'] 'gruop'. Django Q2 task "
-                "options are: ack_failure, broker, cached, cluster, group, hook, "
-                "save, sync, task_name, timeout."
+                "Unknown settings.Q_SIGNALS['Q_OPTIONS'] 'gruop' (did you mean "
+                "'group'?). Django Q2 task options are: ack_failure, broker, "
+                "cached, cluster, group, hook, save, sync, task_name, timeout."
             ),
         ),
         (
@@ -238,8 +239,9 @@ def test_good_q_option_values_are_taken(connect: Connect[Any]) -> None:
     assert (task["timeout"], task["cached"], task["save"]) == (5, 60, False)
 
 
+@pytest.mark.usefixtures("numbers")
 def test_the_clusters_cached_setting_reaches_the_tasks(
-    numbers: list[int], monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from django_q.conf import Conf
 

@@ -204,10 +204,9 @@ def test_captured_kwargs_of_a_deleted_row(connect: Connect[Any]) -> None:
     assert call.kwargs["_instance_pk"] == pk
 
 
+@pytest.mark.usefixtures("titles")
 @pytest.mark.django_db(transaction=True)
-def test_capture_calls_captures_nothing_for_a_rollback(
-    titles: list[tuple[str | None, bool]],
-) -> None:
+def test_capture_calls_captures_nothing_for_a_rollback() -> None:
     with capture_calls() as calls, rolled_back():
         Article.objects.create(title="never")
     assert calls == []
@@ -239,9 +238,10 @@ def test_nested_helpers_each_leave_their_own_place(numbers: list[int]) -> None:
     assert [call.kwargs["n"] for call in calls] == [2]
 
 
+@pytest.mark.usefixtures("qsignals_immediate")
 @pytest.mark.django_db(transaction=True)
 def test_the_qsignals_immediate_fixture(
-    qsignals_immediate: None, titles: list[tuple[str | None, bool]]
+    titles: list[tuple[str | None, bool]],
 ) -> None:
     Article.objects.create(title="fixture")
     assert titles == [("fixture", True)]

@@ -1,4 +1,4 @@
-"""When calls are queued: SPEC section 4."""
+"""When calls are queued: at commit, at once, and when the broker fails."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def test_nothing_is_queued_before_the_commit(numbers: list[int]) -> None:
     assert numbers == [1]
 
 
-def test_rollback_drops_the_call(numbers: list[int]) -> None:
+@pytest.mark.usefixtures("numbers")
+def test_rollback_drops_the_call() -> None:
     with rolled_back():
         custom.send(sender=None, n=1)
     assert queued_tasks() == []
@@ -72,7 +73,8 @@ def test_calls_survive_when_the_last_savepoint_rolls_back(numbers: list[int]) ->
     assert numbers == [1]
 
 
-def test_outside_a_transaction_the_call_is_queued_at_once(numbers: list[int]) -> None:
+@pytest.mark.usefixtures("numbers")
+def test_outside_a_transaction_the_call_is_queued_at_once() -> None:
     custom.send(sender=None, n=1)
     assert len(queued_tasks()) == 1
 
@@ -251,8 +253,9 @@ def test_a_redis_that_does_not_answer_holds_one_request_a_second(
         assert "did not answer" in message
 
 
+@pytest.mark.usefixtures("silent_redis")
 def test_with_on_commit_false_a_broker_cooling_down_raises_at_once(
-    connect: Connect[Any], silent_redis: SilentRedis
+    connect: Connect[Any],
 ) -> None:
     @connect(post_save, sender=Article, on_commit=False)
     def handler(**kwargs: Any) -> None:
@@ -328,9 +331,9 @@ def refusing_pre_enqueue() -> Iterator[None]:
     pre_enqueue.disconnect(refuse)
 
 
-@pytest.mark.usefixtures("refusing_pre_enqueue")
+@pytest.mark.usefixtures("numbers", "refusing_pre_enqueue")
 def test_a_task_django_q2_refuses_at_commit_is_logged(
-    numbers: list[int], caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     with transaction.atomic():
         custom.send(sender=None, n=1)
@@ -384,8 +387,9 @@ def test_a_custom_broker_class_gets_the_tasks(
     assert OrmQ.objects.using(Conf.ORM).count() == 3
 
 
+@pytest.mark.usefixtures("numbers")
 def test_nothing_is_formatted_for_debug_logs_nobody_reads(
-    numbers: list[int], caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="django_q_signals")
     with transaction.atomic():
@@ -405,7 +409,7 @@ def test_a_django_redis_connection_is_used_as_it_is(
         **settings.CACHES,
         "queue": {
             "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": settings.REDIS_URL,
+            "LOCATION": settings.QSIGNALS_REDIS_URL,
         },
     }
     monkeypatch.setattr(Conf, "DJANGO_REDIS", "queue")

@@ -5,11 +5,8 @@ from __future__ import annotations
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-from django.dispatch import Signal
-
 from django_q_signals import async_receiver
-
-custom = Signal()
+from tests.conftest import custom
 
 
 def test_the_decorator_keeps_the_handlers_type() -> None:

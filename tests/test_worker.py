@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from django.db import transaction
 
-from tests.conftest import Worker, rolled_back
+from tests.conftest import Worker, path, rolled_back
 from tests.handlers import record_bulk, record_note, record_shelving  # noqa: F401
 from tests.models import Author, Bulk, Note, Seen, Shelf
 
@@ -53,8 +53,8 @@ def test_each_signal_runs_once_in_the_worker_with_committed_data(
     ]
     expected += [(gone_pk, None, True)]
     assert seen() == sorted(expected)
-    path = f"{record_note.__module__}.{record_note.__qualname__}"
-    assert Success.objects.filter(group=path, name=path).count() == 16
+    name = path(record_note)
+    assert Success.objects.filter(group=name, name=name).count() == 16
 
 
 def test_a_batch_runs_every_call_and_records_the_failed_ones(worker: Worker) -> None:
@@ -68,15 +68,16 @@ def test_a_batch_runs_every_call_and_records_the_failed_ones(worker: Worker) -> 
     ran = Seen.objects.filter(handler="record_bulk").order_by("id")
     assert list(ran.values_list("title", flat=True)) == ["ok 1", "ok 3", "ok 5"]
     failure = Failure.objects.get()
-    path = f"{record_bulk.__module__}.{record_bulk.__qualname__}"
-    assert (failure.name, failure.group) == (path, path)
-    assert failure.result.startswith(f"2 of 5 calls to {path} failed: ")
+    name = path(record_bulk)
+    assert (failure.name, failure.group) == (name, name)
+    assert failure.result.startswith(f"2 of 5 calls to {name} failed: ")
     assert f"call 2 (instance=<tests.Bulk pk={bulks[1].pk}>)" in failure.result
     assert "ValueError: refused fail 4" in failure.result
 
 
+@pytest.mark.usefixtures("transactional_db")
 def test_a_batch_with_a_failed_call_is_never_run_again(
-    transactional_db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The ORM broker hands out a failed task again every `retry` seconds
     unless its failure is acknowledged, as it is not by default."""

@@ -7,16 +7,13 @@ import pickle
 from typing import Any
 
 import pytest
-from django.dispatch import Signal
 
 from django_q_signals import _payload
 from django_q_signals._registry import get_receiver
 from django_q_signals.worker import run_receiver
-from tests.conftest import Connect, queued_tasks
+from tests.conftest import Connect, custom, queued_tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-custom = Signal()
 
 
 def payload(*data: Any) -> bytes:

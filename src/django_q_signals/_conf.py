@@ -11,8 +11,9 @@ the system check ``django_q_signals.E003`` reports it.
 
 from __future__ import annotations
 
+import difflib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from django.conf import settings
@@ -103,10 +104,9 @@ def read() -> tuple[Config, list[str]]:
             f"settings.Q_SIGNALS must be a dict, not {type(configured).__name__}."
         ]
     problems = []
-    unknown = sorted(set(configured) - set(_SETTING_NAMES))
-    if unknown:
+    for unknown in sorted(set(configured) - set(_SETTING_NAMES), key=str):
         problems.append(
-            f"Unknown settings.Q_SIGNALS keys {', '.join(map(repr, unknown))}; "
+            f"Unknown settings.Q_SIGNALS key {_with_guess(unknown, _SETTING_NAMES)}; "
             f"the known ones are {', '.join(sorted(_SETTING_NAMES))}."
         )
     values = {}
@@ -122,6 +122,12 @@ def read() -> tuple[Config, list[str]]:
     return DEFAULTS._replace(**values), problems
 
 
+def _with_guess(name: object, known: Iterable[str] = Q_OPTION_NAMES) -> str:
+    """``name`` quoted, with the known name it is likely a typo of."""
+    guess = difflib.get_close_matches(str(name), list(known), n=1)
+    return f"{name!r} (did you mean {guess[0]!r}?)" if guess else repr(name)
+
+
 def is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -130,11 +136,11 @@ def q_options_problem(q_options: object, where: str) -> str | None:
     """What is wrong with ``q_options`` given as ``where``, if anything."""
     if not isinstance(q_options, dict):
         return f"{where} must be a dict, not {q_options!r}."
-    unknown = sorted(set(q_options) - Q_OPTION_NAMES)
+    unknown = sorted(set(q_options) - Q_OPTION_NAMES, key=str)
     if unknown:
         problem = (
-            f"Unknown {where} {', '.join(map(repr, unknown))}. Django Q2 task "
-            f"options are: {', '.join(sorted(Q_OPTION_NAMES))}."
+            f"Unknown {where} {', '.join(map(_with_guess, unknown))}. Django Q2 "
+            f"task options are: {', '.join(sorted(Q_OPTION_NAMES))}."
         )
         cluster_wide = sorted({"retry", "max_attempts"} & set(unknown))
         if cluster_wide:

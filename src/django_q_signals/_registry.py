@@ -84,13 +84,13 @@ class Receiver:
         """At most this many calls per task, for a batched receiver."""
         return _conf.get().batch_size if self.batch is True else int(self.batch)
 
-    def task_options(self) -> dict[str, Any]:
+    def task_options(self, config: _conf.Config | None = None) -> dict[str, Any]:
         """The options for Django Q2: the receiver's, over the settings', over
         the default name and group."""
         options = {
             "task_name": self.task_name,
             "group": self.task_name,
-            **_conf.get().q_options,
+            **(config or _conf.get()).q_options,
             **self.q_options,
         }
         if options.get("timeout", 0) is None:

@@ -66,7 +66,7 @@ def check_q_cluster(**kwargs: Any) -> list[CheckMessage]:
                 f"Q_CLUSTER['orm'] names the database {orm!r}, which is not in "
                 "DATABASES.",
                 hint="Use one of: " + ", ".join(map(repr, settings.DATABASES)),
-                id="django_q_signals.E002",
+                id="django_q_signals.E004",
             )
         ]
     if not any(q_cluster.get(key) for key in _BROKER_KEYS):
@@ -79,7 +79,7 @@ def check_q_cluster(**kwargs: Any) -> list[CheckMessage]:
                     "redis package is not installed.",
                     hint="Set Q_CLUSTER['orm'] = 'default' for the database broker, "
                     "or install redis and set Q_CLUSTER['redis'].",
-                    id="django_q_signals.E002",
+                    id="django_q_signals.E005",
                 )
             ]
     return []
@@ -123,10 +123,12 @@ def check_retry_above_timeout(**kwargs: Any) -> list[CheckMessage]:
                 id="django_q_signals.W002",
             )
         )
+    # The settings as they are, without logging what E003 reports.
+    config, _ = _conf.read()
     for receiver in all_receivers():
         if not receiver.is_connected():
             continue
-        own_timeout = receiver.task_options().get("timeout")
+        own_timeout = receiver.task_options(config).get("timeout")
         if own_timeout != timeout and _not_below(own_timeout, retry):
             warnings.append(
                 Warning(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from django.core.exceptions import SynchronousOnlyOperation
 
 from django_q_signals._payload import (
     Arguments,
@@ -100,6 +101,15 @@ def _find(payloads: Sequence[bytes]) -> tuple[Receiver, list[Queued]]:
 def _call(receiver: Receiver, queued: Queued, arguments: Arguments, rows: Rows) -> Any:
     sender, kwargs = rebuild(receiver, arguments, rows)
     logger.debug("Running %s", receiver.key)
-    handler = async_to_sync(receiver.func) if receiver.is_async else receiver.func
     signal = receiver.signals[queued.signal_index]
-    return handler(signal=signal, sender=sender, **kwargs)
+    if not receiver.is_async:
+        return receiver.func(signal=signal, sender=sender, **kwargs)
+    try:
+        return async_to_sync(receiver.func)(signal=signal, sender=sender, **kwargs)
+    except SynchronousOnlyOperation as exc:
+        raise SynchronousOnlyOperation(
+            f"{receiver.key} is an async handler, so reading a relation that is "
+            "not loaded yet cannot run its query. Load what it reads with "
+            "select_related=[...] or prefetch_related=[...] on @async_receiver, "
+            f"or query with the async methods (await ... .aget()). ({exc})"
+        ) from exc

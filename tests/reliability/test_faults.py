@@ -20,7 +20,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from django_q_signals import _payload, _queue
-from tests.conftest import Worker
+from tests.conftest import Worker, path
 from tests.models import BatchedChore, Chore, Delivery
 from tests.reliability.handlers import batched_chore_done, chore_done
 
@@ -30,10 +30,6 @@ pytestmark = [
     pytest.mark.worker,
     pytest.mark.django_db(transaction=True),
 ]
-
-
-def path(func: Callable[..., Any]) -> str:
-    return f"{func.__module__}.{func.__qualname__}"
 
 
 def keys(receiver: str = "chore_done") -> list[str]:

@@ -21,7 +21,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import Signal
 
 from django_q_signals import async_receiver, checks
-from tests.conftest import Connect, queued_tasks, run_queued
+from tests.conftest import Connect, custom, queued_tasks, run_queued
 from tests.models import (
     Article,
     Feature,
@@ -34,7 +34,6 @@ from tests.models import (
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-custom = Signal()
 
 FIXTURE = Path(__file__).parent / "fixtures" / "articles.json"
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
-import re
 import sys
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from django.apps import apps
@@ -16,6 +15,7 @@ from django.db.models.base import ModelBase
 from django.dispatch import Signal
 from django.utils import timezone
 
+from django_q_signals._payload import load
 from django_q_signals._queue import BATCH_TASK, TASK
 from django_q_signals._registry import Receiver, all_receivers
 
@@ -60,11 +60,10 @@ class Command(BaseCommand):
         if not receivers:
             self.stdout.write("No async receivers are connected.")
             return
-        names = _signal_names(s for receiver in receivers for s in receiver.signals)
-        counts = _task_counts(receivers) if stats else {}
+        tasks = _SavedTasks(receivers) if stats else None
         for receiver in receivers:
             self.stdout.write(receiver.key, self.style.MIGRATE_LABEL)
-            signals = [names.get(id(s), repr(s)) for s in receiver.signals]
+            signals = [_signal_name(signal, receiver) for signal in receiver.signals]
             label = "signals" if len(signals) > 1 else "signal"
             self._line(label, ", ".join(signals))
             self._line("sender", _sender(receiver.sender))
@@ -73,8 +72,8 @@ class Command(BaseCommand):
                 f"{name}={value!r}" for name, value in receiver.task_options().items()
             )
             self._line("q_options", options_text)
-            if stats:
-                self._stats(receiver, counts)
+            if tasks:
+                self._stats(receiver, tasks)
             self.stdout.write("")
         if stats:
             self.stdout.write(_save_limit_note())
@@ -84,16 +83,16 @@ class Command(BaseCommand):
     ) -> None:
         self.stdout.write(f"    {label + ':':<{_LABEL_WIDTH}}{value}", style)
 
-    def _stats(self, receiver: Receiver, counts: dict[tuple[str, bool], int]) -> None:
+    def _stats(self, receiver: Receiver, tasks: _SavedTasks) -> None:
         name = _task_name(receiver)
-        failed = counts.get((name, False), 0)
-        tasks = f"{counts.get((name, True), 0)} succeeded, {failed} failed"
+        failed = tasks.counts[name, False]
+        counted = f"{tasks.counts[name, True]} succeeded, {failed} failed"
         if receiver.is_batched:
-            tasks += " (a batch task counts once, however many calls it held)"
-        self._line("tasks", tasks)
+            counted += " (a batch task counts once, however many calls it held)"
+        self._line("tasks", counted)
         if failed:
             # At most one row; none if it was deleted since the count.
-            for stopped, result in _last_failure(name):
+            for stopped, result in tasks.last_failure(name):
                 when = timezone.localtime(stopped) if settings.USE_TZ else stopped
                 summary = f"{when.isoformat(' ', 'seconds')}  {_summary(result)}"
                 self._line("last failure", summary, self.style.ERROR)
@@ -101,8 +100,16 @@ class Command(BaseCommand):
 
 def _on_commit(receiver: Receiver) -> str:
     if receiver.on_commit is None:
-        return f"on_commit={receiver.waits_for_commit} (from Q_SIGNALS['ON_COMMIT'])"
+        return f"on_commit={receiver.waits_for_commit} {_origin('ON_COMMIT')}"
     return f"on_commit={receiver.on_commit}"
+
+
+def _origin(setting: str) -> str:
+    """Where a receiver's value comes from, when it did not set one itself."""
+    configured = getattr(settings, "Q_SIGNALS", {})
+    if isinstance(configured, dict) and setting in configured:
+        return f"(from Q_SIGNALS[{setting!r}])"
+    return "(default)"
 
 
 def _task_name(receiver: Receiver) -> str:
@@ -126,10 +133,8 @@ def _options(receiver: Receiver) -> list[str]:
 
 def _batch(receiver: Receiver) -> str:
     if receiver.batch is True:
-        return (
-            f"batch=True ({receiver.batch_size} calls per task, "
-            "from Q_SIGNALS['BATCH_SIZE'])"
-        )
+        origin = _origin("BATCH_SIZE").strip("()")
+        return f"batch=True ({receiver.batch_size} calls per task, {origin})"
     return f"batch={receiver.batch}"
 
 
@@ -143,68 +148,87 @@ def _sender(sender: Any) -> str:
     return repr(sender)
 
 
-def _signal_names(signals: Iterable[Signal]) -> dict[int, str]:
-    """A dotted name for each signal that a module holds, by the signal's id().
-
-    A signal does not know its name, so look for it among the attributes of
-    every imported module.
-    """
-    wanted = {id(signal) for signal in signals}
-    found: dict[int, list[str]] = {}
-    # Copies, since an import in another thread may change either meanwhile.
-    for module_name, module in list(sys.modules.items()):
-        for attribute, value in list(getattr(module, "__dict__", {}).items()):
-            if id(value) in wanted:
-                found.setdefault(id(value), []).append(f"{module_name}.{attribute}")
-    return {key: min(names, key=_preference) for key, names in found.items()}
+#: The modules that define Django's own signals.
+_DJANGO_SIGNAL_MODULES = (
+    "django.db.models.signals",
+    "django.core.signals",
+    "django.db.backends.signals",
+    "django.test.signals",
+    "django.contrib.auth.signals",
+)
 
 
-def _preference(name: str) -> tuple[bool, bool, int, str]:
-    # Other modules import a signal from the one that defines it, often one
-    # called signals (and so may other signals modules: django_q.signals
-    # holds post_save); failing those, the shortest name is likeliest.
-    module, _, attribute = name.rpartition(".")
-    return (
-        not _assigns(module, attribute),
-        not module.endswith("signals"),
-        len(name),
-        name,
-    )
+def _signal_name(signal: Signal, receiver: Receiver) -> str:
+    """A dotted name for ``signal``: where Django defines it, or else where
+    the handler's module found it (a ``signals`` module of its package if one
+    holds it under the same name)."""
+    for module_name in _DJANGO_SIGNAL_MODULES:
+        name = _name_in(module_name, signal)
+        if name:
+            return f"{module_name}.{name}"
+    attribute = _name_in(receiver.module, signal)
+    if attribute is None:
+        return repr(signal)
+    parts = receiver.module.split(".")
+    for length in range(len(parts), 0, -1):
+        candidate = ".".join([*parts[:length], "signals"])
+        if getattr(sys.modules.get(candidate), attribute, None) is signal:
+            return f"{candidate}.{attribute}"
+    return f"{receiver.module}.{attribute}"
 
 
-def _assigns(module: str, attribute: str) -> bool:
-    """Whether the source of ``module`` assigns ``attribute`` at top level."""
+def _name_in(module_name: str, value: object) -> str | None:
+    """The name ``value`` has in the module, if the module is imported."""
+    namespace = getattr(sys.modules.get(module_name), "__dict__", {})
+    return next((name for name, held in namespace.items() if held is value), None)
+
+
+class _SavedTasks:
+    """The tasks Django Q2 saved for the receivers, counted per task name."""
+
+    def __init__(self, receivers: list[Receiver]) -> None:
+        from django_q.models import Task
+
+        self._saved = Task.objects.filter(func__in=(TASK, BATCH_TASK))
+        self.counts: Counter[tuple[str, bool]] = Counter()
+        # The task names counted under each receiver's name.
+        self._names = {
+            _task_name(receiver): {_task_name(receiver)} for receiver in receivers
+        }
+        others = set()
+        for row in self._saved.values("name", "success").annotate(count=Count("pk")):
+            if row["name"] in self._names:
+                self.counts[row["name"], row["success"]] += row["count"]
+            else:
+                others.add(row["name"])
+        if others:
+            # Resubmitted from Django Q2's admin: a new, random name, and the
+            # same payload, which names the receiver.
+            by_key: dict[str | None, str] = {
+                receiver.key: _task_name(receiver) for receiver in receivers
+            }
+            tasks = self._saved.filter(name__in=others)
+            for name, args, success in tasks.values_list("name", "args", "success"):
+                owner = by_key.get(_receiver_key(args))
+                if owner:
+                    self.counts[owner, success] += 1
+                    self._names[owner].add(name)
+
+    def last_failure(self, name: str) -> list[tuple[Any, Any]]:
+        failures = self._saved.filter(name__in=self._names[name], success=False)
+        latest = failures.order_by("-stopped", "-started")
+        return list(latest.values_list("stopped", "result")[:1])
+
+
+def _receiver_key(args: Any) -> str | None:
+    """The receiver a task's arguments are for, if they are a queued call."""
     try:
-        source = inspect.getsource(sys.modules[module])
-    except (KeyError, OSError, TypeError):
-        return False
-    pattern = rf"^{re.escape(attribute)}\s*(?::[^=\n]*)?=(?!=)"
-    return re.search(pattern, source, re.MULTILINE) is not None
-
-
-def _task_counts(receivers: list[Receiver]) -> dict[tuple[str, bool], int]:
-    """Tasks saved per (task name, success), for all receivers in one query."""
-    from django_q.models import Task
-
-    rows = (
-        Task.objects.filter(
-            func__in=(TASK, BATCH_TASK),
-            name__in={_task_name(receiver) for receiver in receivers},
-        )
-        .values("name", "success")
-        .annotate(count=Count("pk"))
-    )
-    return {(row["name"], row["success"]): row["count"] for row in rows}
-
-
-def _last_failure(name: str) -> list[tuple[Any, Any]]:
-    from django_q.models import Task
-
-    failures = Task.objects.filter(
-        func__in=(TASK, BATCH_TASK), name=name, success=False
-    )
-    latest = failures.order_by("-stopped", "-started")
-    return list(latest.values_list("stopped", "result")[:1])
+        payload = args[0]
+        if isinstance(payload, tuple):  # A batch: its first call.
+            payload = payload[0]
+        return load(payload).key
+    except (IndexError, TypeError, ValueError):
+        return None
 
 
 def _summary(result: Any) -> str:
