@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -196,13 +197,16 @@ def test_a_redis_that_refuses_connections_holds_no_request(
 
 
 class SilentRedis:
-    """A Redis server that takes connections and never answers."""
+    """A Redis server that takes connections and never answers.
 
-    def __init__(self) -> None:
-        self.server = socket.socket()
-        self.server.bind(("127.0.0.1", 0))
+    On a Unix socket: it needs no network, not even loopback.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(self.path)
         self.server.listen(64)
-        self.port = self.server.getsockname()[1]
         self.accepted: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -220,12 +224,14 @@ class SilentRedis:
 
 
 @pytest.fixture
-def silent_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[SilentRedis]:
+def silent_redis(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[SilentRedis]:
     from django_q.conf import Conf
 
-    server = SilentRedis()
+    server = SilentRedis(tmp_path / "redis.sock")
     monkeypatch.setattr(Conf, "ORM", None)
-    monkeypatch.setattr(Conf, "REDIS", {"host": "127.0.0.1", "port": server.port})
+    monkeypatch.setattr(Conf, "REDIS", {"unix_socket_path": server.path})
     yield server
     server.close()
 
