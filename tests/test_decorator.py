@@ -166,9 +166,13 @@ def test_django_q2_models_never_trigger_receivers(connect: Connect[Any]) -> None
     assert queued_tasks() == []
 
 
-@pytest.mark.parametrize("sender", ["django_q.Task", "django_q.Success"])
-def test_a_django_q2_model_sender_is_refused(sender: str) -> None:
-    with pytest.raises(ImproperlyConfigured, match="Django Q2 model"):
+@pytest.mark.parametrize(
+    "sender", ["django_q.Task", "django_q.Success", "django_q_signals.OutboxCall"]
+)
+def test_a_model_of_django_q2_or_of_the_outbox_as_sender_is_refused(
+    sender: str,
+) -> None:
+    with pytest.raises(ImproperlyConfigured, match="model of Django Q2 or of this"):
         async_receiver(post_save, sender=sender)
 
 

@@ -123,7 +123,7 @@ def _separate_connection(alias: str) -> Iterator[None]:
 
 
 def _write_broker(key: str, packs: list[str]) -> None:
-    broker = _broker(key)
+    broker = get_broker(key)
     redis_broker = sys.modules.get("django_q.brokers.redis_broker")
     if redis_broker is not None and isinstance(broker, redis_broker.Redis):
         broker.connection.rpush(broker.list_key, *packs)
@@ -135,13 +135,13 @@ def _write_broker(key: str, packs: list[str]) -> None:
 _brokers: dict[str, Broker] = {}
 
 
-def _broker(key: str) -> Broker:
+def get_broker(key: str) -> Broker:
     """A broker per queue, kept: creating one opens a new connection pool."""
     broker = _brokers.get(key)
     if broker is None:
-        from django_q.brokers import get_broker
+        from django_q import brokers
 
-        broker = get_broker(key)
+        broker = brokers.get_broker(key)
         redis_broker = sys.modules.get("django_q.brokers.redis_broker")
         if redis_broker is not None and isinstance(broker, redis_broker.Redis):
             broker.connection = _redis_connection(broker.connection)

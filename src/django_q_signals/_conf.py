@@ -71,6 +71,8 @@ Q_OPTION_NAMES = frozenset(Q_OPTIONS)
 class Config(NamedTuple):
     batch_size: int = 500
     on_commit: bool = True
+    outbox: bool = False
+    outbox_relay_after: float = 30.0
     q_options: dict[str, Any] = {}  # noqa: RUF012 (never mutated)
 
 
@@ -79,6 +81,8 @@ DEFAULTS = Config()
 _SETTING_NAMES = {
     "BATCH_SIZE": "batch_size",
     "ON_COMMIT": "on_commit",
+    "OUTBOX": "outbox",
+    "OUTBOX_RELAY_AFTER": "outbox_relay_after",
     "Q_OPTIONS": "q_options",
 }
 
@@ -128,6 +132,13 @@ def _with_guess(name: object, known: Iterable[str] = Q_OPTION_NAMES) -> str:
     return f"{name!r} (did you mean {guess[0]!r}?)" if guess else repr(name)
 
 
+def is_seconds(value: object) -> bool:
+    """A number of seconds, 0 or more."""
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    )
+
+
 def is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -174,6 +185,21 @@ def _on_commit_problem(value: object) -> str | None:
     return f"settings.Q_SIGNALS['ON_COMMIT'] must be True or False, not {value!r}."
 
 
+def _outbox_problem(value: object) -> str | None:
+    if isinstance(value, bool):
+        return None
+    return f"settings.Q_SIGNALS['OUTBOX'] must be True or False, not {value!r}."
+
+
+def _relay_after_problem(value: object) -> str | None:
+    if is_seconds(value):
+        return None
+    return (
+        "settings.Q_SIGNALS['OUTBOX_RELAY_AFTER'] must be a number of seconds, "
+        f"not {value!r}."
+    )
+
+
 def _q_options_problem(value: object) -> str | None:
     where = "settings.Q_SIGNALS['Q_OPTIONS']"
     problem = q_options_problem(value, where)
@@ -188,6 +214,8 @@ def _q_options_problem(value: object) -> str | None:
 _VALIDATORS = {
     "BATCH_SIZE": _batch_size_problem,
     "ON_COMMIT": _on_commit_problem,
+    "OUTBOX": _outbox_problem,
+    "OUTBOX_RELAY_AFTER": _relay_after_problem,
     "Q_OPTIONS": _q_options_problem,
 }
 

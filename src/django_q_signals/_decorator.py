@@ -7,17 +7,22 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models.base import ModelBase
 from django.dispatch import Signal
 from django.utils.inspect import func_accepts_kwargs
 
 from django_q_signals import _conf, _payload, _queue, _registry
+from django_q_signals.checks import check_outbox_installed
 
 if TYPE_CHECKING:
     from django.db.models import Model
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+# Registered here rather than by the app's ready(): it reports the app missing.
+checks.register(check_outbox_installed)
 
 
 def async_receiver(
@@ -32,6 +37,9 @@ def async_receiver(
     q_options: Mapping[str, Any] | None = None,
     select_related: Sequence[str] | None = None,
     prefetch_related: Sequence[str] | None = None,
+    outbox: bool | None = None,
+    retries: int = 0,
+    retry_backoff: float | None = None,
 ) -> Callable[[Handler], Handler]:
     """Connect a handler to ``signal`` and run it in a Django Q2 worker.
 
@@ -40,9 +48,13 @@ def async_receiver(
     the signal's database commits (``on_commit=None`` takes the
     ``Q_SIGNALS["ON_COMMIT"]`` setting, True unless set); with ``batch``,
     the calls of one commit share tasks of at most ``batch`` calls (``True``:
-    the ``BATCH_SIZE`` setting). The decorated function is returned
-    unchanged. ``weak`` is accepted for symmetry with ``receiver``: the
-    connection is always kept alive.
+    the ``BATCH_SIZE`` setting). With ``outbox`` (``None``: the ``OUTBOX``
+    setting, False unless set), each call is also written to the outbox in
+    the signal's transaction, so that none is lost between the commit and
+    the broker and each runs once; ``retries`` and ``retry_backoff`` run a
+    failed call again. The decorated function is returned unchanged.
+    ``weak`` is accepted for symmetry with ``receiver``: the connection is
+    always kept alive.
     """
     signals = _check_signals(signal)
     _check_sender(sender)
@@ -51,6 +63,7 @@ def async_receiver(
     options = _check_q_options(q_options)
     related = _check_lookups("select_related", select_related)
     prefetched = _check_lookups("prefetch_related", prefetch_related)
+    _check_outbox(outbox, on_commit, retries, retry_backoff)
     if (related or prefetched) and not _names_a_model(sender):
         raise TypeError(
             "select_related and prefetch_related apply to the sender's model: "
@@ -75,6 +88,9 @@ def async_receiver(
             q_options=options,
             select_related=related,
             prefetch_related=prefetched,
+            outbox=outbox,
+            retries=retries,
+            retry_backoff=retry_backoff,
         )
         _registry.register(receiver)
         receive = _receive_for(receiver)
@@ -85,14 +101,19 @@ def async_receiver(
     return decorator
 
 
+#: Apps whose models never trigger async receivers.
+_OWN_APPS = ("django_q", "django_q_signals")
+
+
 def _receive_for(receiver: _registry.Receiver) -> Callable[..., None]:
     """The function Django calls when a signal fires: record the call, queue it."""
 
     def receive(signal: Signal, sender: Any, **kwargs: Any) -> None:
-        # Saving a Django Q2 task or result must never queue another task.
+        # Saving a Django Q2 task or result, or an outbox row, must never
+        # queue another task.
         if (
             isinstance(sender, ModelBase)
-            and cast("type[Model]", sender)._meta.app_label == "django_q"
+            and cast("type[Model]", sender)._meta.app_label in _OWN_APPS
         ):
             return
         call = _payload.encode_call(receiver, signal, sender, kwargs)
@@ -122,10 +143,10 @@ def _check_sender(sender: Any) -> None:
         app_label = sender.split(".", 1)[0]
     else:
         return
-    if app_label == "django_q":
+    if app_label in _OWN_APPS:
         raise ImproperlyConfigured(
-            f"{sender!r} is a Django Q2 model: an async receiver for it would "
-            "queue a task for every task Django Q2 saves, forever."
+            f"{sender!r} is a model of Django Q2 or of this library: an async "
+            "receiver for it would queue a task for every task that runs, forever."
         )
 
 
@@ -136,6 +157,36 @@ def _names_a_model(sender: Any) -> bool:
 def _check_on_commit(on_commit: bool | None) -> None:
     if not (on_commit is None or isinstance(on_commit, bool)):
         raise TypeError(f"on_commit must be True, False or None, not {on_commit!r}.")
+
+
+def _check_outbox(
+    outbox: bool | None,
+    on_commit: bool | None,
+    retries: int,
+    retry_backoff: float | None,
+) -> None:
+    if not (outbox is None or isinstance(outbox, bool)):
+        raise TypeError(f"outbox must be True, False or None, not {outbox!r}.")
+    if outbox and on_commit is False:
+        raise TypeError(
+            "outbox=True sends each call once its transaction has committed: it "
+            "cannot be combined with on_commit=False."
+        )
+    if not (_conf.is_positive_int(retries) or retries == 0):
+        raise TypeError(
+            f"retries must be a whole number of 0 or more, not {retries!r}."
+        )
+    if retries and outbox is not True:
+        raise TypeError(
+            "retries needs outbox=True: a failed call is kept in the outbox until "
+            "it runs again."
+        )
+    if retry_backoff is not None and not _conf.is_seconds(retry_backoff):
+        raise TypeError(
+            f"retry_backoff must be a number of seconds, not {retry_backoff!r}."
+        )
+    if retry_backoff is not None and not retries:
+        raise TypeError("retry_backoff needs retries: how many times to run it again.")
 
 
 def _check_batch(batch: bool | int) -> None:

@@ -17,6 +17,7 @@ that moment, whatever happens to the objects afterwards:
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import pickle
 from collections import Counter
@@ -58,15 +59,22 @@ class ModelClass(NamedTuple):
 class Call:
     """One signal, as a receiver queues it."""
 
-    __slots__ = ("alias", "arguments", "payload", "receiver")
+    __slots__ = ("alias", "arguments", "outbox_id", "payload", "receiver")
 
     def __init__(
-        self, receiver: Receiver, payload: bytes, alias: str, arguments: dict[str, Any]
+        self,
+        receiver: Receiver,
+        payload: bytes,
+        alias: str,
+        arguments: dict[str, Any],
+        outbox_id: int | None = None,
     ) -> None:
         self.receiver = receiver
         self.payload = payload
         self.alias = alias
         self.arguments = arguments
+        #: The pk of its outbox row, if it has one.
+        self.outbox_id = outbox_id
 
     def __str__(self) -> str:
         return f"{self.receiver.key}({describe_rows(self.arguments)})"
@@ -240,7 +248,7 @@ def _encode(value: Any, snapshot: bool) -> Any:
     if isinstance(value, Model):
         if snapshot or value._state.adding:
             return value
-        pk = _pk(value)
+        pk = saved_pk(value)
         if pk is None:
             return value
         return Row(value._meta.label, pk, value._state.db)
@@ -251,7 +259,7 @@ def _encode(value: Any, snapshot: bool) -> Any:
     return value
 
 
-def _pk(instance: Model) -> Any:
+def saved_pk(instance: Model) -> Any:
     """The pk as the database gives it back (``"42"`` -> ``42``), or None."""
     pk = instance.pk
     if pk is None or (isinstance(pk, tuple) and None in pk):
@@ -260,6 +268,13 @@ def _pk(instance: Model) -> Any:
         return _to_python(instance._meta.pk, pk)
     except (ValidationError, ValueError, TypeError):
         return pk  # No row can have it; the worker finds none.
+
+
+def canonical_pk(pk: Any) -> str:
+    """A pk as text, the same for every value of one row's pk."""
+    if isinstance(pk, tuple):
+        return json.dumps([str(part) for part in pk])
+    return str(pk)
 
 
 def _to_python(field: Any, pk: Any) -> Any:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import transaction
 from django.utils import timezone
 
-from django_q_signals import _brokers
+from django_q_signals import _brokers, _outbox
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -40,7 +40,10 @@ diversions: list[Callable[[list[Call]], None]] = []
 
 
 def queue_call(call: Call) -> None:
-    if not call.receiver.waits_for_commit:
+    if call.receiver.uses_outbox:
+        # Kept with the data; sent at the commit like any call.
+        _outbox.write(call)
+    elif not call.receiver.waits_for_commit:
         send([call], raise_errors=True)
         return
     connection = transaction.get_connection(call.alias)
@@ -51,10 +54,12 @@ def queue_call(call: Call) -> None:
 
 
 def send(calls: list[Call], *, raise_errors: bool = False) -> None:
-    """Put ``calls`` on their brokers, one write per broker.
+    """Put ``calls`` on their brokers, one write per broker, and mark the
+    outbox rows of those written as sent.
 
     Unless ``raise_errors``, a failure is logged with every call it concerns
-    and not raised: the caller's transaction has already committed.
+    and not raised: the caller's transaction has already committed. Calls
+    with an outbox row stay in the outbox, for the relay.
     """
     if diversions:
         diversions[-1](calls)
@@ -64,17 +69,17 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
     writes: dict[Any, list[tuple[list[Call], str]]] = {}
     for task in group_tasks(calls):
         options = task[0].receiver.task_options()
-        func, argument = task_call(task)
+        func, args = task_call(task)
         if options.get("sync", Conf.SYNC):
             # Django Q2 runs the task here and now; its errors reach the
             # caller, as they do from async_task.
             from django_q.tasks import async_task
 
-            async_task(func, argument, q_options=options)
+            async_task(func, *args, q_options=options)
             continue
         destination = options.pop("broker", None) or options.get("cluster")
         try:
-            pack = _sign(func, argument, options)
+            pack = _sign(func, args, options)
         except Exception:
             if raise_errors:
                 raise
@@ -103,6 +108,7 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
                 "; ".join(map(describe, tasks)),
             )
         else:
+            _outbox.mark_sent(call for task in tasks for call in task)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("Queued %s", "; ".join(map(describe, tasks)))
 
@@ -127,18 +133,21 @@ def group_tasks(calls: list[Call]) -> list[list[Call]]:
     return tasks
 
 
-def task_call(task: list[Call]) -> tuple[str, Any]:
-    """The function a worker runs for ``task``, and its one argument."""
+def task_call(task: list[Call]) -> tuple[str, tuple[Any, ...]]:
+    """The function a worker runs for ``task``, and its arguments: the
+    payloads, and where their outbox rows are if they have any."""
+    refs = _outbox.refs(task)
     if task[0].receiver.is_batched:
-        return BATCH_TASK, tuple(call.payload for call in task)
-    return TASK, task[0].payload
+        payloads = tuple(call.payload for call in task)
+        return BATCH_TASK, (payloads,) if refs is None else (payloads, refs)
+    return TASK, (task[0].payload,) if refs is None else (task[0].payload, refs[0])
 
 
 def describe(task: list[Call]) -> str:
     return ", ".join(str(call) for call in task)
 
 
-def _sign(func: str, argument: Any, options: dict[str, Any]) -> str:
+def _sign(func: str, args: tuple[Any, ...], options: dict[str, Any]) -> str:
     """The task as Django Q2's ``async_task`` builds and signs it."""
     from django_q.conf import Conf
     from django_q.signals import pre_enqueue
@@ -148,7 +157,7 @@ def _sign(func: str, argument: Any, options: dict[str, Any]) -> str:
         "id": uuid.uuid4().hex,
         "name": options.pop("task_name"),
         "func": func,
-        "args": (argument,),
+        "args": args,
         **options,
     }
     if "cached" not in task and Conf.CACHED:

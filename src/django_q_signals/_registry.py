@@ -47,6 +47,9 @@ class Receiver:
     q_options: dict[str, Any] = field(default_factory=dict)
     select_related: tuple[str, ...] = ()
     prefetch_related: tuple[str, ...] = ()
+    outbox: bool | None = None
+    retries: int = 0
+    retry_backoff: float | None = None
     _warned: set[str] = field(default_factory=set, init=False)
 
     def __repr__(self) -> str:
@@ -80,6 +83,11 @@ class Receiver:
         return _conf.get().on_commit if self.on_commit is None else self.on_commit
 
     @property
+    def uses_outbox(self) -> bool:
+        """Keep calls in the outbox: ``outbox``, or else the ``OUTBOX`` setting."""
+        return _conf.get().outbox if self.outbox is None else self.outbox
+
+    @property
     def batch_size(self) -> int:
         """At most this many calls per task, for a batched receiver."""
         return _conf.get().batch_size if self.batch is True else int(self.batch)
@@ -87,17 +95,20 @@ class Receiver:
     def task_options(self, config: _conf.Config | None = None) -> dict[str, Any]:
         """The options for Django Q2: the receiver's, over the settings', over
         the default name and group."""
+        config = config or _conf.get()
         options = {
             "task_name": self.task_name,
             "group": self.task_name,
-            **(config or _conf.get()).q_options,
+            **config.q_options,
             **self.q_options,
         }
         if options.get("timeout", 0) is None:
             del options["timeout"]  # The cluster's own timeout.
-        if self.is_batched:
+        outbox = config.outbox if self.outbox is None else self.outbox
+        if self.is_batched or outbox:
             # A batch is never run again as a whole because some of its
-            # calls failed: the others would run twice.
+            # calls failed: the others would run twice. An outbox call is
+            # retried by the relay, as its retries say.
             options["ack_failure"] = True
         return options
 

@@ -85,13 +85,39 @@ def check_q_cluster(**kwargs: Any) -> list[CheckMessage]:
     return []
 
 
+def check_outbox_installed(**kwargs: Any) -> list[CheckMessage]:
+    """Registered when the package is imported, not by its app: it reports
+    the app missing."""
+    if apps.is_installed("django_q_signals"):
+        return []
+    outbox = _conf.read()[0].outbox
+    users = [
+        receiver.key
+        for receiver in all_receivers()
+        if receiver.is_connected()
+        and (outbox if receiver.outbox is None else receiver.outbox)
+    ]
+    if not users:
+        return []
+    return [
+        Error(
+            f"{', '.join(users)} keep their calls in the outbox, but "
+            "'django_q_signals' is not in INSTALLED_APPS, so its table does not "
+            "exist.",
+            hint="Add 'django_q_signals' to INSTALLED_APPS and run migrate.",
+            id="django_q_signals.E007",
+        )
+    ]
+
+
 def check_settings(**kwargs: Any) -> list[CheckMessage]:
     _, problems = _conf.read()
     return [
         Error(
             problem,
-            hint="Q_SIGNALS takes BATCH_SIZE (a whole number), ON_COMMIT (True or "
-            "False) and Q_OPTIONS (a dict of Django Q2 task options).",
+            hint="Q_SIGNALS takes BATCH_SIZE (a whole number), ON_COMMIT and "
+            "OUTBOX (True or False), OUTBOX_RELAY_AFTER (seconds) and Q_OPTIONS "
+            "(a dict of Django Q2 task options).",
             id="django_q_signals.E003",
         )
         for problem in problems

@@ -127,9 +127,9 @@ def _run(calls: list[Call]) -> Any:
     """
     result = error = None
     for task in _queue.group_tasks(calls):
-        func, argument = _queue.task_call(task)
+        func, args = _queue.task_call(task)
         try:
-            result = import_string(func)(argument)
+            result = import_string(func)(*args)
         except Exception as exc:
             error = error or exc
     if error is not None:

@@ -2,7 +2,7 @@
 
 Their dotted paths, ``django_q_signals.worker.run_receiver`` (one call) and
 ``django_q_signals.worker.run_batch`` (a batch), are stored in every queued
-task.
+task; ``django_q_signals.worker.relay`` in the outbox's schedule.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django.core.exceptions import SynchronousOnlyOperation
 
+from django_q_signals._outbox import Claim, Ref
 from django_q_signals._payload import (
     Arguments,
     Queued,
@@ -28,34 +29,63 @@ from django_q_signals._registry import Receiver, get_receiver
 logger = logging.getLogger("django_q_signals")
 
 
-def run_receiver(payload: bytes) -> Any:
-    """Rebuild a queued signal's arguments and call its handler."""
+def run_receiver(payload: bytes, outbox: Ref | None = None) -> Any:
+    """Rebuild a queued signal's arguments and call its handler.
+
+    ``outbox``: where the call's outbox row is. The row is claimed first, and
+    nothing runs if another run has it or it is gone.
+    """
     receiver, [queued] = _find([payload])
+    claim = Claim(receiver, [outbox]) if outbox else None
+    if claim and not claim.holds(outbox):
+        _log_not_claimed(receiver, [outbox])
+        return None
     try:
-        arguments = load_arguments(queued)
-    except ValueError as exc:
-        raise ValueError(f"A call to {receiver.key} failed: {exc}") from exc
-    return _call(receiver, queued, arguments, Rows(receiver, [arguments]))
+        try:
+            arguments = load_arguments(queued)
+        except ValueError as exc:
+            raise ValueError(f"A call to {receiver.key} failed: {exc}") from exc
+        result = _call(receiver, queued, arguments, Rows(receiver, [arguments]))
+    except Exception as exc:
+        if claim:
+            claim.failed(outbox, exc)
+        raise
+    if claim:
+        claim.succeeded([outbox])
+    return result
 
 
-def run_batch(payloads: Sequence[bytes]) -> int:
+def run_batch(
+    payloads: Sequence[bytes], outbox: Sequence[Ref | None] | None = None
+) -> int:
     """Run a batch of one receiver's calls, in order; fail if any call failed.
 
     Every call runs even when an earlier one raised, or could not be loaded;
     the task then fails with an error that lists the failed calls, so Django
-    Q2 records a failure.
+    Q2 records a failure. ``outbox``: where each call's outbox row is; the
+    rows are claimed with one query, and calls another run has, or that are
+    gone, are left out.
     """
     receiver, batch = _find(payloads)
+    refs = list(outbox) if outbox else [None] * len(batch)
+    claim = Claim(receiver, refs) if outbox else None
+    if claim:
+        _log_not_claimed(receiver, [ref for ref in refs if not claim.holds(ref)])
     failures: dict[int, str] = {}
-    loaded: list[tuple[int, Queued, Arguments]] = []
-    for number, queued in enumerate(batch, 1):
+    loaded: list[tuple[int, Queued, Arguments, Ref | None]] = []
+    for number, (queued, ref) in enumerate(zip(batch, refs, strict=True), 1):
+        if claim and not claim.holds(ref):
+            continue
         try:
-            loaded.append((number, queued, load_arguments(queued)))
+            loaded.append((number, queued, load_arguments(queued), ref))
         except ValueError as exc:
             logger.error("%s: call %d of %d: %s", receiver.key, number, len(batch), exc)
             failures[number] = f"call {number}: {exc}"
-    rows = Rows(receiver, [arguments for _, _, arguments in loaded])
-    for number, queued, arguments in loaded:
+            if claim:
+                claim.failed(ref, exc)
+    rows = Rows(receiver, [arguments for _, _, arguments, _ in loaded])
+    done = []
+    for number, queued, arguments, ref in loaded:
         try:
             _call(receiver, queued, arguments, rows)
         except Exception as exc:
@@ -66,12 +96,37 @@ def run_batch(payloads: Sequence[bytes]) -> int:
                 f"call {number} ({describe_rows(arguments.kwargs)}): "
                 f"{type(exc).__name__}: {exc}"
             )
+            if claim:
+                claim.failed(ref, exc)
+        else:
+            done.append(ref)
+    if claim:
+        claim.succeeded(done)
     if failures:
         raise BatchError(
             f"{len(failures)} of {len(batch)} calls to {receiver.key} failed: "
             + "; ".join(failures[number] for number in sorted(failures))
         )
     return len(batch)
+
+
+def relay() -> int:
+    """Send again the outbox calls that are due (Django Q2 runs it on a
+    schedule); how many were sent."""
+    from django_q_signals import _relay
+
+    return _relay.run()
+
+
+def _log_not_claimed(receiver: Receiver, refs: Sequence[Ref | None]) -> None:
+    if refs:
+        logger.info(
+            "%s: %d call(s) not run: another run has them, or they already ran "
+            "(outbox rows %s)",
+            receiver.key,
+            len(refs),
+            ", ".join(f"{ref[0]}:{ref[1]}" for ref in refs if ref),
+        )
 
 
 class BatchError(Exception):

@@ -10,14 +10,17 @@ from typing import TYPE_CHECKING, Any, cast
 from django.apps import apps
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db.models import Count
+from django.db.models import Count, Min
 from django.db.models.base import ModelBase
 from django.dispatch import Signal
 from django.utils import timezone
+from django.utils.timesince import timesince
 
+from django_q_signals import _relay
 from django_q_signals._payload import load
 from django_q_signals._queue import BATCH_TASK, TASK
 from django_q_signals._registry import Receiver, all_receivers
+from django_q_signals.models import OutboxCall
 
 if TYPE_CHECKING:
     from django.db.models import Model
@@ -33,20 +36,50 @@ class Command(BaseCommand):
     help = (
         "List the connected async receivers: handler, signals, sender and "
         "options. With --stats, also count the tasks Django Q2 saved for each "
-        "receiver, successful and failed, and show the last failure. A batch "
-        "task counts once, however many calls it held, and Django Q2 keeps "
-        "only the last Q_CLUSTER['save_limit'] successful tasks."
+        "receiver, successful and failed, show the last failure, and count the "
+        "calls in the outbox. A batch task counts once, however many calls it "
+        "held, and Django Q2 keeps only the last Q_CLUSTER['save_limit'] "
+        "successful tasks. 'relay', 'retry' and 'discard' act on the outbox."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--stats",
             action="store_true",
-            help="Also show each receiver's successful and failed tasks, and its "
-            "last failure, from the results Django Q2 saved.",
+            help="Also show each receiver's successful and failed tasks, its "
+            "last failure, and its calls in the outbox.",
+        )
+        actions = parser.add_subparsers(dest="action", title="outbox actions")
+        relay = actions.add_parser(
+            "relay",
+            help="Send the outbox calls that are due, as the scheduled relay does.",
+        )
+        relay.add_argument(
+            "--all",
+            action="store_true",
+            help="Send every outbox call that is not running, due or not.",
+        )
+        retry = actions.add_parser("retry", help="Send failed outbox calls again now.")
+        discard = actions.add_parser(
+            "discard", help="Delete outbox calls: their handlers will not run."
+        )
+        for action in (retry, discard):
+            action.add_argument("ids", nargs="*", type=int, help="the calls, by id")
+            action.add_argument(
+                "--handler", help="only the calls of this handler (its dotted path)"
+            )
+        discard.add_argument(
+            "--state",
+            choices=[*OUTBOX_STATES, "any"],
+            default="failed",
+            help="only the calls in this state (default: failed)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        action = options.get("action")
+        if action:
+            self.stdout.write(_outbox_action(action, options))
+            return
         stats: bool = options["stats"]
         if stats and not apps.is_installed("django_q"):
             raise CommandError(
@@ -61,6 +94,8 @@ class Command(BaseCommand):
             self.stdout.write("No async receivers are connected.")
             return
         tasks = _SavedTasks(receivers) if stats else None
+        with_outbox = stats and any(receiver.uses_outbox for receiver in receivers)
+        outbox = _outbox_counts() if with_outbox else {}
         for receiver in receivers:
             self.stdout.write(receiver.key, self.style.MIGRATE_LABEL)
             signals = [_signal_name(signal, receiver) for signal in receiver.signals]
@@ -74,6 +109,8 @@ class Command(BaseCommand):
             self._line("q_options", options_text)
             if tasks:
                 self._stats(receiver, tasks)
+            if with_outbox and (receiver.key in outbox or receiver.uses_outbox):
+                self._line("outbox", outbox.get(receiver.key, "empty"))
             self.stdout.write("")
         if stats:
             self.stdout.write(_save_limit_note())
@@ -96,6 +133,48 @@ class Command(BaseCommand):
                 when = timezone.localtime(stopped) if settings.USE_TZ else stopped
                 summary = f"{when.isoformat(' ', 'seconds')}  {_summary(result)}"
                 self._line("last failure", summary, self.style.ERROR)
+
+
+OUTBOX_STATES = tuple(OutboxCall.State.values)
+
+
+def _outbox_action(action: str, options: dict[str, Any]) -> str:
+    if action == "relay":
+        sent = _relay.run(everything=options["all"])
+        return f"Sent {sent} outbox call(s) to the broker."
+    states = ["failed"] if action == "retry" else [options["state"]]
+    if states == ["any"]:
+        states = list(OUTBOX_STATES)
+    count = 0
+    for alias in _relay.aliases():
+        rows = OutboxCall.objects.using(alias).filter(state__in=states)
+        if options["ids"]:
+            rows = rows.filter(pk__in=options["ids"])
+        if options["handler"]:
+            rows = rows.filter(receiver=options["handler"])
+        count += _relay.send_again(rows) if action == "retry" else rows.delete()[0]
+    if action == "retry":
+        return f"Sent {count} failed outbox call(s) again."
+    return f"Discarded {count} outbox call(s)."
+
+
+def _outbox_counts() -> dict[str, str]:
+    """Per receiver: its calls in the outbox by state, and the oldest's age."""
+    counts: dict[str, Counter[str]] = {}
+    oldest: dict[str, Any] = {}
+    for alias in _relay.aliases():
+        rows = OutboxCall.objects.using(alias).values("receiver", "state")
+        for row in rows.annotate(count=Count("pk"), oldest=Min("created")):
+            key = row["receiver"]
+            counts.setdefault(key, Counter())[row["state"]] += row["count"]
+            oldest[key] = min(oldest.get(key, row["oldest"]), row["oldest"])
+    return {
+        key: ", ".join(
+            f"{by_state[state]} {state}" for state in OUTBOX_STATES if by_state[state]
+        )
+        + f"; the oldest written {timesince(oldest[key])} ago"
+        for key, by_state in counts.items()
+    }
 
 
 def _on_commit(receiver: Receiver) -> str:

@@ -1,0 +1,234 @@
+"""The outbox rows of ``outbox=True`` receivers: written with the data, marked
+sent, claimed by the worker that runs them, and deleted when they ran.
+
+The model is imported inside the functions: the package works without the
+app in ``INSTALLED_APPS`` for receivers that do not use the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.apps import apps
+from django.db import connections, router
+from django.db.models import F, Q
+from django.utils import timezone
+
+from django_q_signals._payload import Row, canonical_pk, saved_pk
+
+if TYPE_CHECKING:
+    from django.db.models import Model, QuerySet
+
+    from django_q_signals._payload import Call
+    from django_q_signals._registry import Receiver
+    from django_q_signals.models import OutboxCall
+
+logger = logging.getLogger("django_q_signals")
+
+#: Where a queued call's row is: its database alias and its pk.
+Ref = tuple[str, int]
+
+#: Seconds a claim outlasts the task's timeout: Django Q2 stops a task a
+#: little after its timeout, not at once.
+CLAIM_MARGIN = 5
+
+
+def write(call: Call) -> None:
+    """Write the call's row, in the transaction its signal fired in.
+
+    Where the table is missing (the app not migrated on that database), the
+    call is queued without the outbox and an ERROR says so.
+    """
+    from django_q_signals.models import OutboxCall
+
+    alias = call.alias
+    if not _has_table(alias):
+        return
+    instance = call.arguments.get("instance")
+    row = OutboxCall(receiver=call.receiver.key, payload=call.payload)
+    if isinstance(instance, Row):
+        model = apps.get_model(instance.label)
+        concrete = model._meta.concrete_model or model
+        row.model, row.object_pk = concrete._meta.label, canonical_pk(instance.pk)
+    if connections[alias].features.can_return_rows_from_bulk_insert:
+        # No model signals: saving an outbox row is not the project's business.
+        OutboxCall.objects.using(alias).bulk_create([row])
+    else:  # pragma: no cover (MySQL and Oracle, not tested here)
+        row.save(using=alias)
+    call.outbox_id = row.pk
+
+
+_tables: set[str] = set()
+_missing_told: set[str] = set()
+
+
+def _has_table(alias: str) -> bool:
+    from django_q_signals.models import OutboxCall
+
+    if alias in _tables:
+        return True
+    if OutboxCall._meta.db_table in connections[alias].introspection.table_names():
+        _tables.add(alias)
+        return True
+    if alias not in _missing_told:
+        _missing_told.add(alias)
+        logger.error(
+            "The outbox table is missing on the database %r: calls of outbox "
+            "receivers are queued there without it, and lost if the process "
+            "stops before queuing them. Add 'django_q_signals' to "
+            "INSTALLED_APPS and run: manage.py migrate django_q_signals "
+            "--database %s",
+            alias,
+            alias,
+        )
+    return False
+
+
+def mark_sent(calls: Iterable[Call]) -> None:
+    """Record that ``calls`` are on the broker: ``sent``, unless a worker has
+    claimed them meanwhile."""
+    from django_q_signals.models import OutboxCall
+
+    now = timezone.now()
+    for alias, ids in _ids_by_alias(calls).items():
+        live_claim = Q(state=OutboxCall.State.RUNNING, due__gt=now)
+        rows = OutboxCall.objects.using(alias).filter(pk__in=ids).exclude(live_claim)
+        rows.update(state=OutboxCall.State.SENT, sent=now, due=None)
+
+
+def _ids_by_alias(calls: Iterable[Call]) -> dict[str, list[int]]:
+    ids: dict[str, list[int]] = defaultdict(list)
+    for call in calls:
+        if call.outbox_id is not None:
+            ids[call.alias].append(call.outbox_id)
+    return ids
+
+
+def refs(calls: list[Call]) -> tuple[Ref | None, ...] | None:
+    """What a task tells the worker of its calls' rows, if any has one."""
+    if all(call.outbox_id is None for call in calls):
+        return None
+    return tuple(
+        None if call.outbox_id is None else (call.alias, call.outbox_id)
+        for call in calls
+    )
+
+
+class Claim:
+    """The rows one task's run has claimed: nobody else runs them meanwhile."""
+
+    def __init__(self, receiver: Receiver, refs: Iterable[Ref | None]) -> None:
+        from django_q_signals.models import OutboxCall
+
+        self._receiver = receiver
+        self.token = uuid.uuid4().hex
+        now = timezone.now()
+        claimable = Q(state__in=[OutboxCall.State.QUEUED, OutboxCall.State.SENT]) | Q(
+            state__in=[OutboxCall.State.RUNNING, OutboxCall.State.FAILED],
+            due__lte=now,
+        )
+        until = now + timedelta(seconds=_claim_seconds(receiver))
+        self._claimed: set[Ref] = set()
+        wanted: dict[str, list[int]] = defaultdict(list)
+        for ref in refs:
+            if ref is not None:
+                wanted[ref[0]].append(ref[1])
+        for alias, ids in wanted.items():
+            rows = OutboxCall.objects.using(alias).filter(pk__in=ids)
+            count = rows.filter(claimable).update(
+                state=OutboxCall.State.RUNNING,
+                due=until,
+                claim=self.token,
+                attempts=F("attempts") + 1,
+            )
+            if count == len(ids):
+                claimed: Iterable[int] = ids
+            else:
+                # Some were gone, or running elsewhere: which are ours?
+                claimed = rows.filter(claim=self.token).values_list("pk", flat=True)
+            self._claimed.update((alias, pk) for pk in claimed)
+
+    def holds(self, ref: Ref | None) -> bool:
+        """Whether this run may run the call: claimed, or kept in no row."""
+        return ref is None or ref in self._claimed
+
+    def succeeded(self, refs: Iterable[Ref | None]) -> None:
+        """The handler returned: the calls are done, their rows go."""
+        from django_q_signals.models import OutboxCall
+
+        by_alias: dict[str, list[int]] = defaultdict(list)
+        for ref in refs:
+            if ref in self._claimed:
+                by_alias[ref[0]].append(ref[1])
+        for alias, ids in by_alias.items():
+            rows = OutboxCall.objects.using(alias).filter(pk__in=ids, claim=self.token)
+            rows.delete()
+
+    def failed(self, ref: Ref | None, error: BaseException) -> None:
+        """The handler raised: keep the row, with the error and the time of
+        the next attempt if any is left."""
+        from django_q_signals.models import OutboxCall
+
+        if ref is None or ref not in self._claimed:
+            return
+        alias, pk = ref
+        rows = OutboxCall.objects.using(alias).filter(pk=pk, claim=self.token)
+        attempts = rows.values_list("attempts", flat=True).first()
+        if attempts is None:
+            return  # Claimed again since, by another run.
+        text = "".join(traceback.format_exception(error)).strip()
+        rows.update(
+            state=OutboxCall.State.FAILED,
+            error=text,
+            due=_next_attempt(self._receiver, attempts),
+        )
+
+
+def _claim_seconds(receiver: Receiver) -> float:
+    """How long a claim lasts: the task's timeout, or Django Q2's ``retry``."""
+    from django_q.conf import Conf
+
+    timeout = receiver.task_options().get("timeout", Conf.TIMEOUT)
+    if timeout is None:
+        timeout = Conf.RETRY
+    return float(timeout) + CLAIM_MARGIN
+
+
+def _next_attempt(receiver: Receiver, attempts: int) -> Any:
+    """When a call that failed ``attempts`` times runs again, or None."""
+    if attempts > receiver.retries:
+        return None
+    backoff = receiver.retry_backoff or 0
+    return timezone.now() + timedelta(seconds=backoff * 2 ** (attempts - 1))
+
+
+def pending(
+    instance: Model, handler: Callable[..., Any] | str | None = None
+) -> QuerySet[OutboxCall]:
+    """The outbox calls still to run for ``instance``'s row, in any state.
+
+    ``handler`` narrows them to one handler: the decorated function, or its
+    dotted path.
+    """
+    from django_q_signals._registry import all_receivers
+    from django_q_signals.models import OutboxCall
+
+    model = type(instance)
+    alias = instance._state.db or router.db_for_write(model)
+    concrete = model._meta.concrete_model or model
+    calls = OutboxCall.objects.using(alias).filter(
+        model=concrete._meta.label,
+        object_pk=canonical_pk(saved_pk(instance)),
+    )
+    if handler is None:
+        return calls
+    if isinstance(handler, str):
+        return calls.filter(receiver=handler)
+    keys = [receiver.key for receiver in all_receivers() if receiver.func == handler]
+    return calls.filter(receiver__in=keys)

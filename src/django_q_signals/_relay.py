@@ -1,0 +1,182 @@
+"""The relay: sends again the outbox calls that did not make it.
+
+It sends calls still ``queued`` ``OUTBOX_RELAY_AFTER`` seconds after they
+were written (the process died between the commit and the broker, or the
+broker was down), calls ``sent`` that long ago while their broker holds no
+task (a worker took the task and died before running it: Redis takes no
+delivery receipts), calls whose claim expired (a worker died inside the
+handler), and failed calls whose next attempt is due.
+
+Every database alias with the outbox table is scanned, a bounded number of
+rows at a time, each chunk in a transaction that locks its rows
+(``select_for_update(skip_locked=True)`` where the database has it), so
+relays in several processes share the work. A call sent twice runs once:
+the worker claims it first.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.db import connections, router, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from django_q_signals import _conf, _queue
+from django_q_signals._payload import Call, Row, load
+from django_q_signals._registry import Receiver, all_receivers, get_receiver
+
+if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
+    from django_q_signals.models import OutboxCall
+
+logger = logging.getLogger("django_q_signals")
+
+#: Rows read and sent at a time.
+CHUNK = 500
+
+
+def run(*, now: datetime | None = None, everything: bool = False) -> int:
+    """Send the due calls of every alias; how many were sent.
+
+    ``everything`` sends every call not running under a live claim, due or
+    not (``manage.py qsignals relay --all``).
+    """
+    from django_q_signals.models import OutboxCall
+
+    now = now or timezone.now()
+    due = Q() if everything else _due(now)
+    sent = 0
+    for alias in aliases():
+        sent += send_again(OutboxCall.objects.using(alias).filter(due), now=now)
+    if sent:
+        logger.info("Relay: sent %d outbox call(s) again", sent)
+    return sent
+
+
+def send_again(rows: QuerySet[OutboxCall], *, now: datetime | None = None) -> int:
+    """Send these outbox calls to the broker again, a chunk at a time, but
+    those a worker is running under a live claim; how many were sent."""
+    now = now or timezone.now()
+    rows = rows.exclude(state="running", due__gt=now).order_by("pk")
+    sent = last = 0
+    while True:
+        count, last = _send_chunk(rows.filter(pk__gt=last))
+        sent += count
+        if last == 0:
+            return sent
+
+
+def aliases() -> list[str]:
+    """The database aliases that have the outbox table."""
+    from django_q_signals.models import OutboxCall
+
+    found = []
+    for alias in connections:
+        if not router.allow_migrate_model(alias, OutboxCall):
+            continue
+        tables = connections[alias].introspection.table_names()
+        if OutboxCall._meta.db_table in tables:
+            found.append(alias)
+    return found
+
+
+def _send_chunk(rows: QuerySet[OutboxCall]) -> tuple[int, int]:
+    """Send the first chunk of ``rows``: how many were sent, and the last pk
+    read (0 when none was left)."""
+    alias = rows.db
+    with transaction.atomic(using=alias):
+        rows = rows.only("pk", "receiver", "payload", "model", "object_pk")
+        if connections[alias].features.has_select_for_update_skip_locked:
+            rows = rows.select_for_update(skip_locked=True)
+        chunk = list(rows[:CHUNK])
+        if not chunk:
+            return 0, 0
+        calls = []
+        for row in chunk:
+            receiver = _receiver(row)
+            if receiver is not None:
+                calls.append(_call(receiver, row, alias))
+        # Inside the transaction: its rows stay locked until they are on the
+        # broker and marked sent (with the ORM broker on this database, in
+        # the same commit).
+        _queue.send(calls)
+        return len(calls), chunk[-1].pk
+
+
+def _due(now: datetime) -> Q:
+    from django_q_signals.models import OutboxCall
+
+    State = OutboxCall.State
+    waited = now - timedelta(seconds=_conf.get().outbox_relay_after)
+    return (
+        Q(state=State.QUEUED, created__lte=waited)
+        | Q(state__in=[State.RUNNING, State.FAILED], due__lte=now)
+        | Q(state=State.SENT, sent__lte=waited, receiver__in=_idle_receivers())
+    )
+
+
+def _idle_receivers() -> list[str]:
+    """The receivers whose broker holds no task for their cluster: a call of
+    theirs sent some time ago and not started is not on the way."""
+    idle = []
+    emptiness: dict[Any, bool] = {}
+    for receiver in all_receivers():
+        if not receiver.uses_outbox:
+            continue
+        options = receiver.task_options()
+        destination = options.get("broker") or options.get("cluster")
+        if destination not in emptiness:
+            emptiness[destination] = _broker_is_empty(destination)
+        if emptiness[destination]:
+            idle.append(receiver.key)
+    return idle
+
+
+def _broker_is_empty(destination: Any) -> bool:
+    from django_q.conf import Conf
+    from django_q.models import OrmQ
+
+    from django_q_signals import _brokers
+
+    if destination is not None and not isinstance(destination, str):
+        return bool(destination.queue_size() == 0)
+    key = destination or Conf.CLUSTER_NAME
+    if Conf.ORM and not (Conf.BROKER_CLASS or Conf.IRON_MQ or Conf.SQS):
+        # Taken tasks too: the ORM broker gives them out again itself.
+        return not OrmQ.objects.using(Conf.ORM).filter(key=key).exists()
+    try:
+        broker = _brokers.get_broker(key)
+        return bool(broker.queue_size() == 0)
+    except Exception:
+        logger.warning("Relay: could not ask the broker for %r how full it is", key)
+        return False
+
+
+_unknown_told: set[str] = set()
+
+
+def _receiver(row: Any) -> Receiver | None:
+    try:
+        queued = load(bytes(row.payload))
+    except ValueError:
+        logger.error("Relay: outbox row %s holds no call this version can read", row.pk)
+        return None
+    receiver = get_receiver(queued.key, queued.module)
+    if receiver is None and queued.key not in _unknown_told:
+        _unknown_told.add(queued.key)
+        logger.error(
+            "Relay: no async receiver %r in this process; its outbox calls wait",
+            queued.key,
+        )
+    return receiver
+
+
+def _call(receiver: Receiver, row: Any, alias: str) -> Call:
+    arguments: dict[str, Any] = {}
+    if row.model:
+        arguments["instance"] = Row(row.model, row.object_pk, alias)
+    return Call(receiver, bytes(row.payload), alias, arguments, outbox_id=row.pk)

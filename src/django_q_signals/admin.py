@@ -1,0 +1,75 @@
+"""The outbox in Django's admin: what is still to run, and what failed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.timesince import timesince
+
+from django_q_signals import _relay
+from django_q_signals.models import OutboxCall
+
+if TYPE_CHECKING:
+    ModelAdmin = admin.ModelAdmin[OutboxCall]
+else:
+    ModelAdmin = admin.ModelAdmin
+
+
+@admin.register(OutboxCall)
+class OutboxCallAdmin(ModelAdmin):
+    list_display = ("receiver", "state", "row", "attempts", "age", "last_error")
+    list_filter = ("state", "receiver")
+    search_fields = ("receiver", "object_pk")
+    ordering = ("-created",)
+    actions = ("send_again", "discard")
+    fields = (
+        "receiver",
+        "state",
+        "model",
+        "object_pk",
+        "attempts",
+        "created",
+        "sent",
+        "due",
+        "error",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="row")
+    def row(self, call: OutboxCall) -> str:
+        return f"{call.model} pk={call.object_pk}" if call.model else "-"
+
+    @admin.display(description="age", ordering="created")
+    def age(self, call: OutboxCall) -> str:
+        return timesince(call.created)
+
+    @admin.display(description="last error")
+    def last_error(self, call: OutboxCall) -> str:
+        # The exception line is the last one of the traceback.
+        return call.error.strip().rpartition("\n")[2][:120]
+
+    @admin.action(description="Send again now", permissions=["change"])
+    def send_again(self, request: HttpRequest, queryset: QuerySet[OutboxCall]) -> None:
+        sent = _relay.send_again(queryset)
+        skipped = queryset.count() - sent
+        text = f"Sent {sent} call(s) to the broker."
+        if skipped:
+            text += f" {skipped} left as they are: running, or not found by a receiver."
+        self.message_user(request, text, messages.SUCCESS)
+
+    @admin.action(description="Discard", permissions=["delete"])
+    def discard(self, request: HttpRequest, queryset: QuerySet[OutboxCall]) -> None:
+        count, _ = queryset.delete()
+        self.message_user(request, f"Discarded {count} call(s).", messages.SUCCESS)
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        # "Discard" does what Django's delete action would, named for the outbox.
+        actions.pop("delete_selected", None)
+        return actions
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

@@ -1,0 +1,487 @@
+"""outbox=True: calls kept with the data until their handler has run."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection, transaction
+from django.db.models.signals import post_save
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from django_q_signals import _outbox, _relay, async_receiver, pending
+from django_q_signals.models import OutboxCall
+from django_q_signals.worker import BatchError, run_batch, run_receiver
+from tests.conftest import (
+    Connect,
+    custom,
+    path,
+    queued_tasks,
+    rolled_back,
+    run_queued,
+)
+from tests.models import Article, Author, Ledger, ProxyArticle
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
+
+State = OutboxCall.State
+
+
+def states() -> list[str]:
+    return list(OutboxCall.objects.order_by("pk").values_list("state", flat=True))
+
+
+@pytest.fixture
+def titles(connect: Connect[Any]) -> list[str]:
+    """The titles an outbox receiver of Article saves saw, one per run."""
+    received: list[str] = []
+
+    @connect(post_save, sender=Article, outbox=True)
+    def handler(instance: Article | None, **kwargs: Any) -> None:
+        received.append(instance.title if instance else "gone")
+
+    return received
+
+
+# Written with the data
+
+
+@pytest.mark.usefixtures("titles")
+def test_a_call_is_written_in_the_transaction_and_sent_after_it() -> None:
+    with transaction.atomic():
+        article = Article.objects.create(title="a")
+        [row] = OutboxCall.objects.all()
+        assert (row.state, row.model, row.object_pk) == (
+            State.QUEUED,
+            "tests.Article",
+            str(article.pk),
+        )
+        assert queued_tasks() == []
+    [task] = queued_tasks()
+    assert task["args"][1] == ("default", row.pk)
+    assert states() == [State.SENT]
+
+
+@pytest.mark.usefixtures("titles")
+def test_a_rollback_takes_the_rows_with_the_data() -> None:
+    with transaction.atomic():
+        Article.objects.create(title="kept")
+        with rolled_back():
+            Article.objects.create(title="dropped")
+    with rolled_back():
+        Article.objects.create(title="dropped too")
+    assert list(OutboxCall.objects.values_list("object_pk", flat=True)) == [
+        str(Article.objects.get().pk)
+    ]
+
+
+@pytest.mark.usefixtures("titles")
+def test_in_autocommit_the_row_is_written_then_sent() -> None:
+    Article.objects.create(title="a")
+    assert states() == [State.SENT]
+    assert len(queued_tasks()) == 1
+
+
+def test_the_row_is_written_on_the_signals_database(connect: Connect[Any]) -> None:
+    @connect(post_save, sender=Ledger, outbox=True)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    with transaction.atomic(using="other"):
+        ledger = Ledger.objects.create(entry="a")
+    assert OutboxCall.objects.count() == 0
+    [row] = OutboxCall.objects.using("other").all()
+    assert (row.model, row.object_pk, row.state) == (
+        "tests.Ledger",
+        str(ledger.pk),
+        State.SENT,
+    )
+
+
+@override_settings(Q_SIGNALS={"OUTBOX": True})
+def test_the_outbox_setting_turns_it_on(numbers: list[int]) -> None:
+    custom.send(sender=None, n=1)
+    assert states() == [State.SENT]
+    run_queued()
+    assert numbers == [1]
+    assert states() == []
+
+
+# Run once
+
+
+def test_the_handler_runs_and_its_row_goes(titles: list[str]) -> None:
+    Article.objects.create(title="a")
+    run_queued()
+    assert titles == ["a"]
+    assert OutboxCall.objects.count() == 0
+
+
+def test_a_call_sent_twice_runs_once(
+    titles: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="django_q_signals")
+    Article.objects.create(title="a")
+    [task] = queued_tasks()
+    assert run_receiver(*task["args"]) is None
+    assert run_receiver(*task["args"]) is None
+    assert titles == ["a"]
+    assert "1 call(s) not run: another run has them, or they already ran" in (
+        caplog.text
+    )
+
+
+def test_a_call_claimed_by_a_live_run_runs_nothing(titles: list[str]) -> None:
+    Article.objects.create(title="a")
+    [task] = queued_tasks()
+    later = timezone.now() + timedelta(minutes=1)
+    OutboxCall.objects.update(state=State.RUNNING, due=later, claim="x" * 32)
+    run_receiver(*task["args"])
+    assert titles == []
+    assert states() == [State.RUNNING]
+
+
+def test_a_call_whose_claim_expired_runs_again(titles: list[str]) -> None:
+    """The worker that claimed it died inside the handler."""
+    Article.objects.create(title="a")
+    [task] = queued_tasks()
+    earlier = timezone.now() - timedelta(seconds=1)
+    OutboxCall.objects.update(state=State.RUNNING, due=earlier, attempts=1)
+    run_receiver(*task["args"])
+    assert titles == ["a"]
+    assert states() == []
+
+
+def test_a_claim_lasts_the_tasks_timeout(connect: Connect[Any]) -> None:
+    claims = []
+
+    @connect(custom, outbox=True, q_options={"timeout": 40})
+    def handler(**kwargs: Any) -> None:
+        [row] = OutboxCall.objects.all()
+        claims.append((row.state, row.attempts, (row.due - timezone.now()).seconds))
+
+    custom.send(sender=None)
+    run_queued()
+    [(state, attempts, seconds)] = claims
+    assert (state, attempts) == (State.RUNNING, 1)
+    assert 40 <= seconds <= 40 + _outbox.CLAIM_MARGIN
+
+
+# Failures and retries
+
+
+def test_a_failed_call_keeps_its_error(connect: Connect[Any]) -> None:
+    @connect(custom, outbox=True)
+    def handler(**kwargs: Any) -> None:
+        raise RuntimeError("no luck")
+
+    custom.send(sender=None)
+    [task] = queued_tasks()
+    with pytest.raises(RuntimeError, match="no luck"):
+        run_receiver(*task["args"])
+    [row] = OutboxCall.objects.all()
+    assert (row.state, row.attempts, row.due) == (State.FAILED, 1, None)
+    assert row.error.endswith("RuntimeError: no luck")
+    assert "Traceback (most recent call last)" in row.error
+
+
+def test_retries_run_a_failed_call_again_when_due(connect: Connect[Any]) -> None:
+    runs: list[str] = []
+
+    @connect(custom, outbox=True, retries=3, retry_backoff=10)
+    def handler(**kwargs: Any) -> None:
+        runs.append("run")
+        if len(runs) <= 2:
+            raise RuntimeError(f"failure {len(runs)}")
+
+    custom.send(sender=None)
+    now = timezone.now()
+    with pytest.raises(RuntimeError):
+        run_queued()
+    [row] = OutboxCall.objects.all()
+    assert (row.state, row.attempts) == (State.FAILED, 1)
+    assert 10 <= (row.due - now).total_seconds() < 12
+
+    assert _relay.run(now=now + timedelta(seconds=5)) == 0  # not due yet
+    assert _relay.run(now=now + timedelta(seconds=12)) == 1
+    before = timezone.now()
+    with pytest.raises(RuntimeError, match="failure 2"):
+        run_queued()
+    row.refresh_from_db()
+    assert (row.state, row.attempts) == (State.FAILED, 2)
+    # The wait doubles.
+    assert 20 <= (row.due - before).total_seconds() < 21
+
+    _relay.run(now=row.due)
+    run_queued()
+    assert runs == ["run", "run", "run"]
+    assert OutboxCall.objects.count() == 0
+
+
+def test_out_of_retries_a_call_stays_failed(connect: Connect[Any]) -> None:
+    @connect(custom, outbox=True, retries=1)
+    def handler(**kwargs: Any) -> None:
+        raise RuntimeError("always")
+
+    custom.send(sender=None)
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            run_queued()
+        _relay.run(now=timezone.now() + timedelta(seconds=1))
+    [row] = OutboxCall.objects.all()
+    assert (row.state, row.attempts, row.due) == (State.FAILED, 2, None)
+    assert queued_tasks() == []
+
+
+def test_a_batch_claims_its_calls_at_once_and_keeps_each_outcome(
+    connect: Connect[Any],
+) -> None:
+    received: list[int] = []
+
+    @connect(custom, outbox=True, batch=True)
+    def handler(n: int, **kwargs: Any) -> None:
+        if n == 2:
+            raise ValueError("two")
+        received.append(n)
+
+    with transaction.atomic():
+        for n in range(4):
+            custom.send(sender=None, n=n)
+    [task] = queued_tasks()
+    with CaptureQueriesContext(connection) as queries, pytest.raises(BatchError):
+        run_batch(*task["args"])
+    assert received == [0, 1, 3]
+    # One claim, the failed call's attempts read and its row written, and one
+    # delete for the rest.
+    statements = [q["sql"].split()[0] for q in queries if "outboxcall" in q["sql"]]
+    assert statements == ["UPDATE", "SELECT", "UPDATE", "DELETE"]
+    [row] = OutboxCall.objects.all()
+    assert row.state == State.FAILED
+
+    # Sent again: only the failed call runs.
+    purge()
+    _relay.send_again(OutboxCall.objects.all())
+    received.clear()
+    with pytest.raises(BatchError, match="1 of 1 calls"):
+        run_queued()
+    assert received == []
+
+
+def test_a_batch_runs_only_the_calls_it_claimed(connect: Connect[Any]) -> None:
+    received: list[int] = []
+
+    @connect(custom, outbox=True, batch=True)
+    def handler(n: int, **kwargs: Any) -> None:
+        received.append(n)
+
+    with transaction.atomic():
+        for n in range(3):
+            custom.send(sender=None, n=n)
+    [task] = queued_tasks()
+    first, second, _ = OutboxCall.objects.order_by("pk")
+    first.delete()  # already ran
+    later = timezone.now() + timedelta(minutes=1)
+    OutboxCall.objects.filter(pk=second.pk).update(state=State.RUNNING, due=later)
+    assert run_batch(*task["args"]) == 3
+    assert received == [2]
+    assert states() == [State.RUNNING]
+
+
+# The relay
+
+
+@override_settings(Q_SIGNALS={"OUTBOX_RELAY_AFTER": 30})
+def test_the_relay_sends_calls_written_but_never_sent(titles: list[str]) -> None:
+    """The process died between the commit and the broker."""
+    with transaction.atomic():
+        Article.objects.create(title="a")
+        transaction.on_commit(lambda: OutboxCall.objects.update(state=State.QUEUED))
+    purge()
+    now = timezone.now()
+    assert _relay.run(now=now + timedelta(seconds=10)) == 0
+    assert _relay.run(now=now + timedelta(seconds=31)) == 1
+    run_queued()
+    assert titles == ["a"]
+
+
+def purge() -> None:
+    """Empty the broker."""
+    from tests.conftest import _broker_packs
+
+    _broker_packs(take=True)
+
+
+@pytest.mark.usefixtures("titles")
+def test_the_relay_sends_again_sent_calls_the_broker_lost() -> None:
+    Article.objects.create(title="a")
+    later = timezone.now() + timedelta(seconds=31)
+    # The task is still on the broker: it is on its way.
+    assert _relay.run(now=later) == 0
+    purge()  # a worker took it and died
+    assert _relay.run(now=later) == 1
+    assert len(queued_tasks()) == 1
+
+
+def test_the_relay_sends_each_due_call_once(titles: list[str]) -> None:
+    with transaction.atomic():
+        for n in range(3):
+            Article.objects.create(title=str(n))
+    purge()
+    OutboxCall.objects.update(state=State.QUEUED)
+    later = timezone.now() + timedelta(seconds=31)
+    assert _relay.run(now=later) == 3
+    assert _relay.run(now=later) == 0
+    run_queued()
+    assert titles == ["0", "1", "2"]
+
+
+def test_the_relay_reads_in_chunks(
+    titles: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_relay, "CHUNK", 2)
+    with transaction.atomic():
+        for n in range(5):
+            Article.objects.create(title=str(n))
+    purge()
+    assert _relay.run(everything=True) == 5
+    run_queued()
+    assert titles == ["0", "1", "2", "3", "4"]
+
+
+@pytest.mark.usefixtures("titles")
+def test_the_relay_skips_calls_of_receivers_it_does_not_know(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    Article.objects.create(title="a")
+    OutboxCall.objects.create(receiver="gone", payload=b"not a call")
+    purge()
+    assert _relay.run(everything=True) == 1
+    assert "holds no call this version can read" in caplog.text
+
+
+def test_the_migration_schedules_the_relay() -> None:
+    from django.core.management import call_command
+    from django_q.models import Schedule
+
+    call_command("migrate", "django_q_signals", "0001", verbosity=0)
+    assert not Schedule.objects.exists()
+    call_command("migrate", "django_q_signals", verbosity=0)
+    schedule = Schedule.objects.get(name="django_q_signals: outbox relay")
+    assert (schedule.func, schedule.schedule_type, schedule.minutes) == (
+        "django_q_signals.worker.relay",
+        Schedule.MINUTES,
+        1,
+    )
+    assert schedule.repeats == -1
+
+
+def test_the_scheduled_function_relays(titles: list[str]) -> None:
+    from django_q_signals.worker import relay
+
+    with transaction.atomic():
+        Article.objects.create(title="a")
+    purge()
+    OutboxCall.objects.update(created=timezone.now() - timedelta(minutes=1))
+    OutboxCall.objects.update(state=State.QUEUED)
+    assert relay() == 1
+
+
+# What is pending
+
+
+def test_pending_gives_the_calls_still_to_run_for_a_row(
+    connect: Connect[Any],
+) -> None:
+    @connect(post_save, sender=Article, outbox=True)
+    def index(**kwargs: Any) -> None:
+        pass
+
+    @connect(post_save, sender=Article, outbox=True)
+    def notify(**kwargs: Any) -> None:
+        pass
+
+    article = Article.objects.create(title="a")
+    other = Article.objects.create(title="b")
+    assert pending(article).count() == 2
+    assert [call.receiver for call in pending(article, index)] == [path(index)]
+    assert pending(article, path(notify)).count() == 1
+    run_queued()
+    assert not pending(article).exists()
+    assert not pending(other).exists()
+
+
+def test_pending_finds_a_row_saved_through_a_proxy(connect: Connect[Any]) -> None:
+    @connect(post_save, sender=ProxyArticle, outbox=True)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    proxied = ProxyArticle.objects.create(title="a")
+    assert pending(Article.objects.get(pk=proxied.pk)).count() == 1
+
+
+def test_pending_uses_the_rows_database(connect: Connect[Any]) -> None:
+    @connect(post_save, sender=Ledger, outbox=True)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    ledger = Ledger.objects.create(entry="a")
+    assert pending(ledger).count() == 1
+
+
+# Guards
+
+
+def test_the_test_helpers_run_and_remove_outbox_calls(titles: list[str]) -> None:
+    from django_q_signals.testing import run_immediately
+
+    with run_immediately():
+        Article.objects.create(title="a")
+    assert titles == ["a"]
+    assert OutboxCall.objects.count() == 0
+
+
+def test_a_missing_table_sends_the_call_without_the_outbox(
+    titles: list[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(OutboxCall._meta, "db_table", "not_migrated_here")
+    monkeypatch.setattr(_outbox, "_tables", set())
+    monkeypatch.setattr(_outbox, "_missing_told", set())
+    Article.objects.create(title="a")
+    Article.objects.create(title="b")
+    monkeypatch.undo()
+    run_queued()
+    assert titles == ["a", "b"]
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "The outbox table is missing on the database 'default'" in (
+        error.getMessage()
+    )
+
+
+def test_saving_an_outbox_row_triggers_no_receiver(connect: Connect[Any]) -> None:
+    @connect(post_save, outbox=True)
+    def everything(**kwargs: Any) -> None:
+        pass
+
+    Author.objects.create(name="a")
+    assert OutboxCall.objects.count() == 1
+    assert len(queued_tasks()) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"outbox": "yes"}, "outbox must be True, False or None"),
+        ({"outbox": True, "on_commit": False}, "cannot be combined with on_commit"),
+        ({"retries": 2}, "retries needs outbox=True"),
+        ({"outbox": True, "retries": -1}, "retries must be a whole number"),
+        ({"outbox": True, "retries": 2, "retry_backoff": -1}, "retry_backoff must"),
+        ({"outbox": True, "retry_backoff": 5}, "retry_backoff needs retries"),
+    ],
+)
+def test_bad_outbox_options_are_refused(options: dict[str, Any], error: str) -> None:
+    with pytest.raises(TypeError, match=error):
+        async_receiver(custom, **options)
