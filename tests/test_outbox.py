@@ -162,6 +162,7 @@ def test_a_claim_lasts_the_tasks_timeout(connect: Connect[Any]) -> None:
     @connect(custom, outbox=True, q_options={"timeout": 40})
     def handler(**kwargs: Any) -> None:
         [row] = OutboxCall.objects.all()
+        assert row.due is not None
         claims.append((row.state, row.attempts, (row.due - timezone.now()).seconds))
 
     custom.send(sender=None)
@@ -204,6 +205,7 @@ def test_retries_run_a_failed_call_again_when_due(connect: Connect[Any]) -> None
         run_queued()
     [row] = OutboxCall.objects.all()
     assert (row.state, row.attempts) == (State.FAILED, 1)
+    assert row.due is not None
     assert 10 <= (row.due - now).total_seconds() < 12
 
     assert _relay.run(now=now + timedelta(seconds=5)) == 0  # not due yet
@@ -214,6 +216,7 @@ def test_retries_run_a_failed_call_again_when_due(connect: Connect[Any]) -> None
     row.refresh_from_db()
     assert (row.state, row.attempts) == (State.FAILED, 2)
     # The wait doubles.
+    assert row.due is not None
     assert 20 <= (row.due - before).total_seconds() < 21
 
     _relay.run(now=row.due)
