@@ -32,6 +32,8 @@ TEST_DEPS = [
     "coverage[toml]>=7.10.3",
     "redis",
     "django-redis",
+    # The outbox admin's browser test drives Debian's chromium.
+    "selenium",
     "psycopg[binary]",
 ]
 DOCS_DEPS = ["sphinx", "furo", "myst-parser"]

@@ -91,6 +91,11 @@ def _broker_packs(*, take: bool) -> list[Any]:
     return packs
 
 
+def purge() -> None:
+    """Empty the broker, as a worker that took every task and died would."""
+    _broker_packs(take=True)
+
+
 def queued_tasks() -> list[dict[str, Any]]:
     """The tasks waiting on Django Q2's broker, unsigned and unpickled."""
     from django_q.signing import SignedPackage
@@ -194,10 +199,29 @@ def _unreachable(url: str) -> bool:
     return False
 
 
+def _browser_missing() -> str | None:
+    """Why the browser tests cannot run here, if they cannot."""
+    from tests.test_outbox_browser import CHROMEDRIVER, CHROMIUM
+
+    for program in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(program, os.X_OK):
+            return f"needs {program} (Debian's chromium and chromium-driver)"
+    return None
+
+
 @pytest.hookimpl(trylast=True)  # after -m has deselected what will not run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> None:
     """Skip what needs absent services, or fail if REQUIRE_SERVICES=1."""
     required = os.environ.get("REQUIRE_SERVICES") == "1"
+    browser_tests = [item for item in items if item.get_closest_marker("browser")]
+    missing = _browser_missing() if browser_tests else None
+    if missing:
+        if required:
+            raise pytest.UsageError(
+                f"REQUIRE_SERVICES=1, but the browser tests {missing}"
+            )
+        for item in browser_tests:
+            item.add_marker(pytest.mark.skip(reason=missing))
     problems = [
         f"{name} at {url} is not reachable"
         for name, url in (

@@ -20,6 +20,7 @@ from tests.conftest import (
     Connect,
     custom,
     path,
+    purge,
     queued_tasks,
     rolled_back,
     run_queued,
@@ -309,13 +310,6 @@ def test_the_relay_sends_calls_written_but_never_sent(titles: list[str]) -> None
     assert _relay.run(now=now + timedelta(seconds=31)) == 1
     run_queued()
     assert titles == ["a"]
-
-
-def purge() -> None:
-    """Empty the broker."""
-    from tests.conftest import _broker_packs
-
-    _broker_packs(take=True)
 
 
 @pytest.mark.usefixtures("titles")

@@ -53,8 +53,9 @@ class OutboxCallAdmin(ModelAdmin):
 
     @admin.action(description="Send again now", permissions=["change"])
     def send_again(self, request: HttpRequest, queryset: QuerySet[OutboxCall]) -> None:
+        selected = queryset.count()
         sent = _relay.send_again(queryset)
-        skipped = queryset.count() - sent
+        skipped = selected - sent
         text = f"Sent {sent} call(s) to the broker."
         if skipped:
             text += f" {skipped} left as they are: running, or not found by a receiver."
