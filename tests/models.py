@@ -143,6 +143,20 @@ class BatchedChore(models.Model):
     title = models.CharField(max_length=100)
 
 
+class Errand(models.Model):
+    """Outbox tests: an unbatched outbox receiver listens to it."""
+
+    title = models.CharField(max_length=100)
+    tags = models.ManyToManyField(Tag, related_name="+")
+
+
+class BatchedErrand(models.Model):
+    """Outbox tests: a batched outbox receiver listens to it."""
+
+    title = models.CharField(max_length=100)
+    tags = models.ManyToManyField(Tag, related_name="+")
+
+
 class Delivery(models.Model):
     """One row per handler call in a worker: the ledger the suite counts.
 

@@ -53,6 +53,8 @@ TEMPLATES = [
     }
 ]
 STATIC_URL = "/static/"
+# Fast, for the admin tests' logins.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # A worker process started by a test gets the test databases' names in
 # QSIGNALS_TEST_DB and QSIGNALS_TEST_DB_OTHER, so it uses what the test does.
@@ -117,6 +119,9 @@ if os.environ.get("QSIGNALS_ORM_BROKER"):
     # A worker started by a test that puts the ORM broker on another alias.
     Q_CLUSTER.pop("redis", None)
     Q_CLUSTER["orm"] = os.environ["QSIGNALS_ORM_BROKER"]
+if os.environ.get("QSIGNALS_RELAY_AFTER"):
+    # A worker of the outbox reliability tests: the relay waits this long.
+    Q_SIGNALS = {"OUTBOX_RELAY_AFTER": float(os.environ["QSIGNALS_RELAY_AFTER"])}
 if os.environ.get("QSIGNALS_RETRY"):
     # A worker the reliability suite kills: the tasks it had taken come back
     # after this many seconds instead of a minute (retry must exceed timeout).

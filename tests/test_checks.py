@@ -14,7 +14,7 @@ from django.db.models.signals import m2m_changed, post_save
 from django.test import override_settings
 
 from django_q_signals import _registry, checks
-from tests.conftest import Connect, custom
+from tests.conftest import Connect, custom, path
 from tests.models import Article, Author, Bookmark, Loan
 
 
@@ -293,3 +293,40 @@ def test_a_bad_setting_is_reported_once_by_check(
     with pytest.raises(SystemCheckError, match="did you mean 'ON_COMMIT'"):
         call_command("check")
     assert [r for r in caplog.records if r.name == "django_q_signals"] == []
+
+
+def test_e007_outbox_receivers_without_the_app(connect: Connect[Any]) -> None:
+    @connect(custom, outbox=True)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    apps = ["django.contrib.contenttypes", "django_q", "tests"]
+    with override_settings(INSTALLED_APPS=apps):
+        [message] = checks.check_outbox_installed()
+    assert message.id == "django_q_signals.E007"
+    assert path(handler) in message.msg
+
+
+@override_settings(Q_SIGNALS={"OUTBOX": True})
+def test_e007_the_outbox_setting_without_the_app(connect: Connect[Any]) -> None:
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    apps = ["django.contrib.contenttypes", "django_q", "tests"]
+    with override_settings(INSTALLED_APPS=apps):
+        assert ids(checks.check_outbox_installed()) == ["django_q_signals.E007"]
+
+
+def test_e007_silent_with_the_app_or_without_outbox_receivers(
+    connect: Connect[Any],
+) -> None:
+    @connect(custom, outbox=True)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert checks.check_outbox_installed() == []
+    custom.disconnect(handler)
+    apps = ["django.contrib.contenttypes", "django_q", "tests"]
+    with override_settings(INSTALLED_APPS=apps):
+        assert checks.check_outbox_installed() == []

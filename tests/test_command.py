@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from io import StringIO
 from types import ModuleType
@@ -17,7 +19,8 @@ from django.test import override_settings
 
 from django_q_signals import _registry
 from django_q_signals._queue import BATCH_TASK, TASK
-from tests.conftest import Connect, Worker, custom, path, queued_tasks
+from django_q_signals.worker import run_receiver
+from tests.conftest import Connect, Worker, custom, path, purge, queued_tasks
 from tests.handlers import probe_fails, probe_succeeds, stats_probe
 from tests.models import Article
 
@@ -483,3 +486,86 @@ def test_stats_count_what_a_real_worker_ran(worker: Worker) -> None:
     assert message == "the probe failed, as it should"
     stopped = Task.objects.get(name=path(probe_fails)).stopped
     assert datetime.fromisoformat(when) == stopped.replace(microsecond=0)
+
+
+# The outbox
+
+
+@pytest.fixture
+def outbox_calls(connect: Connect[Any]) -> Callable[..., Any]:
+    """An outbox receiver of ``custom``; two failed calls and one sent."""
+
+    @connect(custom, outbox=True)
+    def handler(n: int, **kwargs: Any) -> None:
+        raise ValueError(f"no {n}")
+
+    for n in (1, 2):
+        custom.send(sender=None, n=n)
+    for task in queued_tasks():
+        with contextlib.suppress(ValueError):
+            run_receiver(*task["args"])
+    purge()
+    custom.send(sender=None, n=3)
+    return handler
+
+
+OUTBOX_DATABASES = pytest.mark.django_db(
+    transaction=True, databases=["default", "other"]
+)
+
+
+@OUTBOX_DATABASES
+def test_stats_count_each_receivers_calls_in_the_outbox(
+    outbox_calls: Callable[..., Any],
+) -> None:
+    shown = blocks(qsignals("--stats"))[path(outbox_calls)]
+    assert shown["outbox"] == "1 sent, 2 failed; the oldest written 0 minutes ago"
+
+
+@OUTBOX_DATABASES
+def test_relay_all_sends_every_call_not_running(
+    outbox_calls: Callable[..., Any],
+) -> None:
+    purge()
+    assert qsignals("relay", "--all") == "Sent 3 outbox call(s) to the broker.\n"
+    assert len(queued_tasks()) == 3
+
+
+@OUTBOX_DATABASES
+@pytest.mark.usefixtures("outbox_calls")
+def test_relay_sends_what_is_due() -> None:
+    assert qsignals("relay") == "Sent 0 outbox call(s) to the broker.\n"
+
+
+@OUTBOX_DATABASES
+@pytest.mark.usefixtures("outbox_calls")
+def test_retry_sends_the_failed_calls_again() -> None:
+    purge()
+    assert qsignals("retry") == "Sent 2 failed outbox call(s) again.\n"
+    assert len(queued_tasks()) == 2
+
+
+@OUTBOX_DATABASES
+def test_retry_takes_ids_and_a_handler(outbox_calls: Callable[..., Any]) -> None:
+    from django_q_signals.models import OutboxCall
+
+    purge()
+    first = OutboxCall.objects.filter(state="failed").order_by("pk").first()
+    assert first is not None
+    assert qsignals("retry", str(first.pk)) == "Sent 1 failed outbox call(s) again.\n"
+    assert qsignals("retry", "--handler", "nobody") == (
+        "Sent 0 failed outbox call(s) again.\n"
+    )
+    assert qsignals("retry", "--handler", path(outbox_calls)) == (
+        "Sent 1 failed outbox call(s) again.\n"
+    )
+
+
+@OUTBOX_DATABASES
+@pytest.mark.usefixtures("outbox_calls")
+def test_discard_deletes_failed_calls_unless_told_otherwise() -> None:
+    from django_q_signals.models import OutboxCall
+
+    assert qsignals("discard") == "Discarded 2 outbox call(s).\n"
+    assert list(OutboxCall.objects.values_list("state", flat=True)) == ["sent"]
+    assert qsignals("discard", "--state", "any") == "Discarded 1 outbox call(s).\n"

@@ -17,7 +17,15 @@ from django.db.models.signals import m2m_changed, post_delete, post_save, pre_de
 from django.dispatch import Signal
 
 from django_q_signals import async_receiver
-from tests.models import BatchedChore, Chore, Crate, Delivery, Parcel
+from tests.models import (
+    BatchedChore,
+    BatchedErrand,
+    Chore,
+    Crate,
+    Delivery,
+    Errand,
+    Parcel,
+)
 
 
 def signal_key(signal: Signal, instance: Model | None, **kwargs: Any) -> str:
@@ -91,6 +99,62 @@ def chore_done(instance: Chore | None, **kwargs: Any) -> None:
 @async_receiver(post_save, sender=BatchedChore, batch=True)
 def batched_chore_done(instance: BatchedChore | None, **kwargs: Any) -> None:
     do_chore("batched_chore_done", instance)
+
+
+# The outbox tests: the load test's work and the chores', through the outbox.
+
+ERRAND_SIGNALS = [post_save, pre_delete, post_delete]
+
+
+@async_receiver(ERRAND_SIGNALS, sender=Errand, outbox=True)
+def errand_changed(signal: Signal, instance: Errand | None, **kwargs: Any) -> None:
+    do_errand("errand", signal, instance, **kwargs)
+
+
+@async_receiver(m2m_changed, sender=Errand.tags.through, outbox=True)
+def errand_tagged(signal: Signal, instance: Errand | None, **kwargs: Any) -> None:
+    deliver("errand", signal_key(signal, instance, **kwargs))
+
+
+@async_receiver(ERRAND_SIGNALS, sender=BatchedErrand, outbox=True, batch=True)
+def batched_errand_changed(
+    signal: Signal, instance: BatchedErrand | None, **kwargs: Any
+) -> None:
+    do_errand("batched_errand", signal, instance, **kwargs)
+
+
+@async_receiver(m2m_changed, sender=BatchedErrand.tags.through, outbox=True, batch=True)
+def batched_errand_tagged(
+    signal: Signal, instance: BatchedErrand | None, **kwargs: Any
+) -> None:
+    deliver("batched_errand", signal_key(signal, instance, **kwargs))
+
+
+def do_errand(
+    receiver: str,
+    signal: Signal,
+    instance: Errand | BatchedErrand | None,
+    **kwargs: Any,
+) -> None:
+    if instance is not None and instance.title.startswith("slow"):
+        time.sleep(0.05)
+    deliver(receiver, signal_key(signal, instance, **kwargs))
+
+
+#: Runs this many times before it succeeds; the ledger counts the attempts.
+FLAKY_FAILURES = 2
+
+
+flaky_job = Signal()
+
+
+@async_receiver(flaky_job, outbox=True, retries=3, retry_backoff=1)
+def flaky(job: str, **kwargs: Any) -> None:
+    deliver("flaky_attempt", job)
+    attempts = Delivery.objects.filter(receiver="flaky_attempt", key=job).count()
+    if attempts <= FLAKY_FAILURES:
+        raise RuntimeError(f"attempt {attempts} of {job} fails")
+    deliver("flaky_done", job)
 
 
 def not_a_receiver(**kwargs: Any) -> None:

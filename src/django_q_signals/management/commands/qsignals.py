@@ -172,7 +172,8 @@ def _outbox_counts() -> dict[str, str]:
         key: ", ".join(
             f"{by_state[state]} {state}" for state in OUTBOX_STATES if by_state[state]
         )
-        + f"; the oldest written {timesince(oldest[key])} ago"
+        # timesince() joins its numbers and units with no-break spaces.
+        + f"; the oldest written {timesince(oldest[key]).replace(chr(160), ' ')} ago"
         for key, by_state in counts.items()
     }
 
