@@ -178,12 +178,12 @@ def test_calls_of_a_process_killed_after_its_commit_are_relayed(
     finally:
         stop(running)
     waited = time.monotonic() - started
-    relay = Schedule.objects.get(name="django_q_signals: outbox relay")
+    assert Schedule.objects.filter(name="django_q_signals: outbox relay").exists()
     report(
         capsys,
         f"process killed after its commit: 50 calls, all run {waited:.0f} s after "
-        f"a qcluster started (its scheduled relay, next due {relay.next_run:%H:%M:%S}); "
-        f"missing 0, duplicates {duplicates()}",
+        "a qcluster started, by the relay it runs on its schedule; missing 0, "
+        f"duplicates {duplicates()}",
     )
     assert duplicates() == 0
     assert not OutboxCall.objects.exists()
