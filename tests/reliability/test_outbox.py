@@ -207,7 +207,7 @@ def test_redis_stopped_in_the_middle_of_a_load_loses_nothing(
     try:
         tag = Tag.objects.create(name="load")
         started = time.monotonic()
-        wanted = workload(ITEMS // 2, tag)  # before: a chunk is 25 items
+        wanted = workload(ITEMS // 2, tag)
         own_redis.stop()  # with the tasks it held: it keeps nothing on disk
         stopped = time.monotonic()
         wanted |= workload(ITEMS - ITEMS // 2, tag)
