@@ -319,8 +319,10 @@ def test_e007_the_outbox_setting_without_the_app(connect: Connect[Any]) -> None:
 
 
 def test_e007_silent_with_the_app_or_without_outbox_receivers(
-    connect: Connect[Any],
+    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(_registry, "_registry", {})
+
     @connect(custom, outbox=True)
     def handler(**kwargs: Any) -> None:
         pass

@@ -11,7 +11,10 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.db import connection, transaction
 from django.db.models.signals import post_delete, post_save
+from django.test import TestCase
 
+from django_q_signals import async_receiver
+from django_q_signals.testing import run_immediately
 from tests.conftest import (
     Connect,
     custom,
@@ -332,3 +335,44 @@ def test_a_cascade_sends_a_call_per_row_it_deletes(connect: Connect[Any]) -> Non
         assert len(connection.run_on_commit) == 1
     run_queued()
     assert sorted(deleted) == expected
+
+
+class CapturesInATestCase(TestCase):
+    """Django's captureOnCommitCallbacks runs the callbacks registered in its
+    block: in a test's own transaction, exactly the calls made in it."""
+
+    def setUp(self) -> None:
+        self.names: list[str] = []
+
+        def author_saved(instance: Author, **kwargs: Any) -> None:
+            self.names.append(instance.name)
+
+        async_receiver(post_save, sender=Author)(author_saved)
+        self.addCleanup(post_save.disconnect, author_saved, sender=Author)
+        self.enterContext(run_immediately())
+        Author.objects.create(name="made by setUp")
+
+    def test_calls_of_savepoints_inside_the_capture_only(self) -> None:
+        with self.captureOnCommitCallbacks(execute=True):
+            Author.objects.update_or_create(name="a")
+            Author.objects.update_or_create(name="b")
+        assert self.names == ["a", "b"]
+
+    def test_a_block_without_a_savepoint_inside_the_capture(self) -> None:
+        with (
+            self.captureOnCommitCallbacks(execute=True) as callbacks,
+            transaction.atomic(savepoint=False),
+        ):
+            Author.objects.create(name="inside")
+        assert (len(callbacks), self.names) == (1, ["inside"])
+
+    def test_a_captured_callback_run_by_hand_later(self) -> None:
+        with self.captureOnCommitCallbacks() as callbacks, transaction.atomic():
+            Author.objects.create(name="captured")
+        # Later transactions of the test never take its call over.
+        for name in ("later 1", "later 2"):
+            with transaction.atomic():
+                Author.objects.create(name=name)
+        for callback in callbacks:
+            callback()
+        assert self.names == ["captured"]

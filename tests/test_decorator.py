@@ -352,3 +352,31 @@ def test_relations_are_left_out_for_the_other_side_of_an_m2m(
         tag.article_set.add(Article.objects.create(title="b"))
     run_queued()
     assert received == ["Article", "Tag"]
+
+
+@pytest.mark.parametrize("name", ["pre_enqueue", "pre_execute", "post_execute"])
+def test_django_q2s_own_signals_are_refused(name: str) -> None:
+    from django_q import signals
+
+    with pytest.raises(ImproperlyConfigured, match="for every task, forever"):
+        async_receiver(getattr(signals, name))
+
+
+def test_relations_of_a_through_model_as_a_plain_sender_are_its_own(
+    connect: Connect[Any],
+) -> None:
+    """Not an m2m_changed receiver: the relations are the Loan's."""
+    from django_q_signals import checks
+    from tests.models import Loan, Note, Reader
+
+    loaded = []
+
+    @connect(post_save, sender=Loan, select_related=["reader", "note"])
+    def loaned(instance: Loan, **kwargs: Any) -> None:
+        loaded.append(set(instance._state.fields_cache))
+
+    assert checks.check_relation_lookups() == []
+    reader = Reader.objects.create(name="r")
+    Loan.objects.create(reader=reader, note=Note.objects.create(title="n"))
+    run_queued()
+    assert loaded == [{"reader", "note"}]

@@ -21,11 +21,12 @@ from tests.conftest import (
     Connect,
     broker_is_orm_on,
     custom,
+    path,
     queued_tasks,
     rolled_back,
     run_queued,
 )
-from tests.models import Article
+from tests.models import Article, Ledger
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -424,3 +425,96 @@ def test_a_django_redis_connection_is_used_as_it_is(
             custom.send(sender=None, n=1)
         run_queued()
     assert numbers == [1]
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_manual_transaction_management_is_refused_as_on_commit_refuses_it(
+    connect: Connect[Any],
+) -> None:
+    from django.db.transaction import TransactionManagementError
+
+    @connect(post_save, sender=Ledger)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    transaction.set_autocommit(False, using="other")
+    try:
+        with pytest.raises(TransactionManagementError, match="on_commit=False"):
+            Ledger.objects.create(entry="never committed")
+        assert queued_tasks() == []
+        transaction.rollback(using="other")
+    finally:
+        transaction.set_autocommit(True, using="other")
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_in_manual_transaction_management_outbox_calls_wait_for_the_relay(
+    connect: Connect[Any],
+) -> None:
+    from django_q_signals import _relay
+    from django_q_signals.models import OutboxCall
+
+    @connect(post_save, sender=Ledger, outbox=True)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    transaction.set_autocommit(False, using="other")
+    try:
+        Ledger.objects.create(entry="kept")
+        transaction.commit(using="other")
+        Ledger.objects.create(entry="rolled back")
+        transaction.rollback(using="other")
+    finally:
+        transaction.set_autocommit(True, using="other")
+    assert queued_tasks() == []
+    rows = OutboxCall.objects.using("other").all()
+    assert [row.state for row in rows] == ["queued"]
+    assert _relay.run(everything=True) == 1
+    assert len(queued_tasks()) == 1
+
+
+class Boom(Exception):
+    pass
+
+
+def test_a_sync_task_that_raises_keeps_the_calls_queued_before_it(
+    connect: Connect[Any],
+) -> None:
+    @connect(custom)
+    def queued(**kwargs: Any) -> None:
+        pass
+
+    @connect(custom, q_options={"sync": True})
+    def run_here(**kwargs: Any) -> None:
+        raise Boom
+
+    @connect(custom)
+    def after(**kwargs: Any) -> None:
+        pass
+
+    with pytest.raises(Boom), transaction.atomic():
+        custom.send(sender=None, n=1)
+    # As Django runs no commit callback after one that raised.
+    assert [task["name"] for task in queued_tasks()] == [path(queued)[-100:]]
+
+
+def test_a_broker_object_that_fails_slowly_cools_down_too(
+    connect: Connect[Any], silent_redis: SilentRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis
+    from django_q.brokers.redis_broker import Redis
+
+    broker = Redis(list_key="own")
+    broker.connection = redis.Redis(
+        unix_socket_path=silent_redis.path, socket_timeout=0.5
+    )
+
+    @connect(custom, q_options={"broker": broker})
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    custom.send(sender=None, n=1)
+    tried = len(silent_redis.accepted)
+    custom.send(sender=None, n=2)
+    assert len(silent_redis.accepted) == tried
+    assert "did not answer" in caplog.records[-1].getMessage()

@@ -47,24 +47,27 @@ def write(destination: Any, packs: list[str], tasks: list[list[Call]]) -> None:
     cluster name, or None for the default cluster."""
     from django_q.conf import Conf
 
-    if destination is not None and not isinstance(destination, str):
-        for pack in packs:
-            destination.enqueue(pack)
-        return
-    key = destination or Conf.CLUSTER_NAME
-    if Conf.ORM and not (Conf.BROKER_CLASS or Conf.IRON_MQ or Conf.SQS):
-        _write_orm(key, packs, [call for task in tasks for call in task])
-        return
+    if isinstance(destination, str) or destination is None:
+        key = destination or Conf.CLUSTER_NAME
+        if Conf.ORM and not (Conf.BROKER_CLASS or Conf.IRON_MQ or Conf.SQS):
+            _write_orm(key, packs, [call for task in tasks for call in task])
+            return
+    else:
+        key = destination  # A broker object of the project's, in q_options.
     failed_at = _failed_at.get(key)
     if failed_at is not None and time.monotonic() - failed_at < COOL_DOWN:
         raise BrokerUnavailable(
-            f"Django Q2's broker for {key!r} did not answer "
+            f"Django Q2's broker {key!r} did not answer "
             f"{time.monotonic() - failed_at:.1f} s ago; it is tried again "
             f"{COOL_DOWN:.0f} s after that"
         )
     started = time.monotonic()
     try:
-        _write_broker(key, packs)
+        if isinstance(key, str):
+            _write_broker(key, packs)
+        else:
+            for pack in packs:
+                key.enqueue(pack)
     except Exception:
         if time.monotonic() - started >= SLOW:
             _failed_at[key] = time.monotonic()
@@ -72,7 +75,9 @@ def write(destination: Any, packs: list[str], tasks: list[list[Call]]) -> None:
     _failed_at.pop(key, None)
 
 
-_failed_at: dict[str, float] = {}
+#: When a broker (by queue name, or the object given in q_options) last
+#: failed slowly.
+_failed_at: dict[Any, float] = {}
 
 
 def _write_orm(key: str, packs: list[str], calls: list[Call]) -> None:

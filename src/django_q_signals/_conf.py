@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import pickle
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -44,7 +45,18 @@ def _is_cached(value: object) -> bool:
 
 
 def _is_hook(value: object) -> bool:
-    return callable(value) or (_is_text(value) and "." in value)  # type: ignore[operator]
+    if _is_text(value):
+        return "." in value  # type: ignore[operator]
+    # A worker gets it by reference: a function at module level.
+    return callable(value) and _picklable(value)
+
+
+def _picklable(value: object) -> bool:
+    try:
+        pickle.dumps(value)
+    except Exception:
+        return False
+    return True
 
 
 def _is_broker(value: object) -> bool:
@@ -59,7 +71,7 @@ Q_OPTIONS: dict[str, tuple[str, Callable[[object], bool]]] = {
     "cached": ("True, False or a number of seconds", _is_cached),
     "cluster": ("the name of a cluster", _is_text),
     "group": ("a group name", _is_text),
-    "hook": ("a function, or its dotted path", _is_hook),
+    "hook": ("a module-level function, or its dotted path", _is_hook),
     "save": ("True or False", _is_bool),
     "sync": ("True or False", _is_bool),
     "task_name": ("a name of at most 100 characters", _is_task_name),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -126,12 +127,31 @@ def _receive_for(receiver: _registry.Receiver) -> Callable[..., None]:
     return receive
 
 
+#: Django Q2's signals about its own tasks.
+_DJANGO_Q2_SIGNALS = (
+    "post_spawn",
+    "pre_enqueue",
+    "pre_execute",
+    "post_execute",
+    "post_execute_in_worker",
+)
+
+
 def _check_signals(signal: Signal | Sequence[Signal]) -> tuple[Signal, ...]:
     signals = tuple(signal) if isinstance(signal, (list, tuple)) else (signal,)
     if not signals or not all(isinstance(each, Signal) for each in signals):
         raise TypeError(
             "async_receiver() takes a Signal or a list or tuple of Signals, "
             f"not {signal!r}."
+        )
+    # Looked up only if the project imported them: then they may be given.
+    django_q = sys.modules.get("django_q.signals")
+    own = {id(getattr(django_q, name, None)) for name in _DJANGO_Q2_SIGNALS}
+    if any(id(each) in own for each in signals):
+        raise ImproperlyConfigured(
+            "Django Q2's own signals (pre_enqueue, pre_execute, post_execute, "
+            "...) fire for every task: an async receiver for them would queue a "
+            "task for every task, forever. Connect them with @receiver."
         )
     return signals
 

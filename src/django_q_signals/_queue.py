@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import logging
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
+from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
 from django_q_signals import _brokers, _outbox
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.transaction import Atomic
 
     from django_q_signals._payload import Call
     from django_q_signals._registry import Receiver
@@ -49,13 +52,25 @@ def queue_call(call: Call) -> None:
     connection = transaction.get_connection(call.alias)
     if connection.in_atomic_block:
         _defer(connection, call)
-    else:
+    elif connection.get_autocommit():
         send([call])
+    elif call.outbox_id is None:
+        # Manual transaction management has no commit callbacks: Django's
+        # on_commit refuses it too.
+        raise TransactionManagementError(
+            f"{call.receiver.key} queues its calls when the transaction commits, "
+            f"but the database {call.alias!r} is in manual transaction management "
+            "(set_autocommit(False)), which has no commit callbacks. Give the "
+            "receiver on_commit=False to queue at once, or outbox=True to keep "
+            "the call in the outbox until the relay sends it."
+        )
+    # Else its outbox row commits or rolls back with the data; the relay sends it.
 
 
 def send(calls: list[Call], *, raise_errors: bool = False) -> None:
-    """Put ``calls`` on their brokers, one write per broker, and mark the
-    outbox rows of those written as sent.
+    """Put ``calls`` on their brokers, in firing order, one write per broker
+    for each run of calls not split by a task that runs in sync mode, and
+    mark the outbox rows of those written as sent.
 
     Unless ``raise_errors``, a failure is logged with every call it concerns
     and not raised: the caller's transaction has already committed. Calls
@@ -71,10 +86,12 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
         options = task[0].receiver.task_options()
         func, args = task_call(task)
         if options.get("sync", Conf.SYNC):
-            # Django Q2 runs the task here and now; its errors reach the
-            # caller, as they do from async_task.
+            # The calls before it go first. Then Django Q2 runs the task here
+            # and now, and its errors reach the caller, as from async_task.
             from django_q.tasks import async_task
 
+            _write(writes, raise_errors=raise_errors)
+            writes = {}
             async_task(func, *args, q_options=options)
             continue
         destination = options.pop("broker", None) or options.get("cluster")
@@ -86,31 +103,44 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
             logger.exception("Could not queue %s", describe(task))
             continue
         writes.setdefault(destination, []).append((task, pack))
+    _write(writes, raise_errors=raise_errors)
+
+
+def _write(
+    writes: dict[Any, list[tuple[list[Call], str]]], *, raise_errors: bool
+) -> None:
     for destination, items in writes.items():
         tasks = [task for task, _ in items]
         try:
             _brokers.write(destination, [pack for _, pack in items], tasks)
-        except _brokers.BrokerUnavailable as exc:
+        except Exception as exc:
             if raise_errors:
                 raise
+            # A broker cooling down says why; anything else has a traceback.
+            cooling = isinstance(exc, _brokers.BrokerUnavailable)
             logger.error(
-                "Could not queue %d task(s), they are lost (%s): %s",
+                "Could not queue %d task(s)%s: %s; %s",
                 len(tasks),
-                exc,
+                f" ({exc})" if cooling else "",
                 "; ".join(map(describe, tasks)),
-            )
-        except Exception:
-            if raise_errors:
-                raise
-            logger.exception(
-                "Could not queue %d task(s), they are lost: %s",
-                len(tasks),
-                "; ".join(map(describe, tasks)),
+                _fate(tasks),
+                exc_info=not cooling,
             )
         else:
             _outbox.mark_sent(call for task in tasks for call in task)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("Queued %s", "; ".join(map(describe, tasks)))
+
+
+def _fate(tasks: list[list[Call]]) -> str:
+    """What becomes of calls that could not be queued."""
+    kept = sum(1 for task in tasks for call in task if call.outbox_id is not None)
+    total = sum(len(task) for task in tasks)
+    if kept == total:
+        return "they stay in the outbox, and the relay sends them later"
+    if kept:
+        return f"{kept} of {total} calls stay in the outbox; the others are lost"
+    return "they are lost"
 
 
 def group_tasks(calls: list[Call]) -> list[list[Call]]:
@@ -173,10 +203,14 @@ def _sign(func: str, args: tuple[Any, ...], options: dict[str, Any]) -> str:
 class _Group:
     """One ``on_commit`` callback: calls deferred one after the other."""
 
-    __slots__ = ("calls", "open", "previous", "savepoints")
+    __slots__ = ("calls", "open", "previous", "savepoints", "scope")
 
     def __init__(
-        self, call: Call, savepoints: frozenset[str], previous: _Group | None
+        self,
+        call: Call,
+        savepoints: frozenset[str],
+        previous: _Group | None,
+        scope: object = None,
     ) -> None:
         self.calls = [call]
         #: Whether calls may still join it: not once it ran.
@@ -186,12 +220,22 @@ class _Group:
         self.savepoints = savepoints
         # The group registered just before it, with no callback in between.
         self.previous = previous
+        # In a TestCase, the transaction of the test's own it was made in.
+        self.scope = scope
 
     def __call__(self) -> None:
         calls, self.calls = self.calls, []
         self.open, self.previous = False, None
         if calls:
             send(calls)
+
+    def takes(self, open_savepoints: frozenset[str], scope: object) -> bool:
+        """Whether a call deferred now may join it."""
+        return (
+            self.open
+            and self.scope == scope
+            and self.savepoints & open_savepoints == open_savepoints
+        )
 
     def take_earlier_calls(self, open_savepoints: frozenset[str]) -> None:
         """Take over the calls of the open groups just before this one, where
@@ -209,6 +253,7 @@ class _Group:
         while (
             previous is not None
             and previous.open
+            and previous.scope == self.scope
             and previous.savepoints & open_savepoints == own
         ):
             previous.calls.extend(self.calls)
@@ -219,18 +264,44 @@ class _Group:
 
 def _defer(connection: BaseDatabaseWrapper, call: Call) -> None:
     open_savepoints = frozenset(filter(None, connection.savepoint_ids))
-    hooks = connection.run_on_commit
-    last = hooks[-1][1] if hooks else None
-    if getattr(connection.atomic_blocks[-1], "_from_testcase", False):
+    blocks = connection.atomic_blocks
+    if getattr(blocks[-1], "_from_testcase", False):
         # Only the transaction a TestCase wraps each test in is open: where
         # this code would run in autocommit, each call is sent on its own. A
-        # callback per call keeps captureOnCommitCallbacks exact too.
-        last = None
-    elif isinstance(last, _Group) and last.open:
+        # callback per call, that no later call joins, keeps
+        # captureOnCommitCallbacks exact too.
+        group = _Group(call, open_savepoints, None)
+        group.open = False
+        connection.on_commit(group)
+        return
+    scope = _test_scope(connection) if _from_testcase(blocks[0]) else None
+    hooks = connection.run_on_commit
+    last = hooks[-1][1] if hooks else None
+    if isinstance(last, _Group) and last.open and last.scope == scope:
         last.take_earlier_calls(open_savepoints)
-        if last.savepoints & open_savepoints == open_savepoints:
+        if last.takes(open_savepoints, scope):
             last.calls.append(call)
             return
     else:
         last = None
-    connection.on_commit(_Group(call, open_savepoints, last))
+    connection.on_commit(_Group(call, open_savepoints, last, scope))
+
+
+def _from_testcase(block: Atomic) -> bool:
+    return bool(getattr(block, "_from_testcase", False))
+
+
+def _test_scope(connection: BaseDatabaseWrapper) -> object:
+    """In a TestCase, which of the test's own transactions is open: what would
+    be a transaction of its own outside the test.
+
+    Groups made in one never take calls of another, as they could not if
+    each committed, so captureOnCommitCallbacks sees each as it would.
+    """
+    for index, block in enumerate(connection.atomic_blocks):
+        if not _from_testcase(block):
+            # Nested in the test's transaction: the block has a savepoint,
+            # unless it was opened with savepoint=False. (A weak reference,
+            # not id(): a later block may get the id of one that is gone.)
+            return connection.savepoint_ids[index - 1] or weakref.ref(block)
+    raise AssertionError("no block of the test's own is open")  # pragma: no cover

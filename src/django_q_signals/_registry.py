@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
+from django.db.models.signals import m2m_changed
 from django.dispatch import Signal
 
 from django_q_signals import _conf
@@ -115,8 +116,9 @@ class Receiver:
     @cached_property
     def related_model(self) -> type[Model] | None:
         """The model ``select_related`` and ``prefetch_related`` were written
-        for: the sender, or for an m2m's through model, the model that
-        declares the field. None if the sender names no model."""
+        for: the sender, or for an ``m2m_changed`` receiver, whose sender is a
+        through model, the model that declares the field. None if the sender
+        names no model."""
         if not (self.select_related or self.prefetch_related):
             return None
         try:
@@ -127,6 +129,8 @@ class Receiver:
             )
         except (LookupError, ValueError):
             return None  # Django's own check reports the lazy reference.
+        if m2m_changed not in self.signals:
+            return cast("type[Model]", model)
         declaring = model._meta.auto_created
         if declaring:
             return cast("type[Model]", declaring)

@@ -140,8 +140,10 @@ def test_a_commit_while_redis_is_down_succeeds_and_logs_the_lost_call(
     [error] = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert error.levelno == logging.ERROR
     message = error.getMessage()
-    assert message.startswith("Could not queue 1 task(s), they are lost: ")
-    assert message.endswith(f"chore_done(instance=<tests.Chore pk={lost.pk}>)")
+    assert message.startswith("Could not queue 1 task(s): ")
+    assert message.endswith(
+        f"chore_done(instance=<tests.Chore pk={lost.pk}>); they are lost"
+    )
 
 
 def test_queuing_resumes_when_redis_comes_back(own_redis: RedisServer) -> None:
