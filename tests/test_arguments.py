@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import decimal
-import logging
 import uuid
 from typing import Any
 
@@ -349,7 +348,8 @@ def test_model_class_sender_arrives_as_the_class(connect: Connect[Any]) -> None:
     run_queued()
 
     assert received == [(Article, Tag)]
-    assert b"tests.Article" in tasks[0]["args"][0]
+    # Sent by their labels, not pickled.
+    assert "'tests.Article', 'tests.Tag'" in repr(tasks[0]["args"][0])
 
 
 def test_async_handler_runs(connect: Connect[Any]) -> None:
@@ -363,34 +363,6 @@ def test_async_handler_runs(connect: Connect[Any]) -> None:
     run_queued()
 
     assert received == ["async"]
-
-
-class PicklesOnlyOnce:
-    """Pickles when checked alone, then fails again: nothing can be queued."""
-
-    def __init__(self) -> None:
-        self.attempts = 0
-
-    def __reduce__(self) -> Any:
-        self.attempts += 1
-        if self.attempts != 2:
-            raise TypeError("not this time")
-        return (PicklesOnlyOnce, ())
-
-
-def test_a_call_that_cannot_be_pickled_is_logged_not_raised(
-    connect: Connect[Any], caplog: pytest.LogCaptureFixture
-) -> None:
-    @connect(custom)
-    def handler(**kwargs: Any) -> None:
-        pass
-
-    custom.send(sender=None, value=PicklesOnlyOnce())
-    assert queued_tasks() == []
-    assert caplog.records[-1].levelno == logging.ERROR
-    assert (
-        "Could not pickle a call to <Receiver tests." in caplog.records[-1].getMessage()
-    )
 
 
 def test_a_saved_instance_without_a_pk_arrives_as_it_was(connect: Connect[Any]) -> None:

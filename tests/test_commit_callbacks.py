@@ -211,7 +211,7 @@ def test_update_or_create_in_a_loop_shares_one_batch_but_for_the_last_row(
     with transaction.atomic():
         for n in range(20):
             Author.objects.update_or_create(name=f"author {n}")
-    batches = [len(task["args"][0]) for task in queued_tasks()]
+    batches = [len(task["args"][0][3]) for task in queued_tasks()]
     assert batches == [19, 1]
 
 

@@ -151,7 +151,7 @@ def library() -> Iterator[list[Any]]:
     async_receiver(custom, dispatch_uid="fuzz-library")(handler)
 
     def record(calls: list[Any]) -> None:
-        log.extend(("sent", call.arguments["n"]) for call in calls)
+        log.extend(("sent", call.value("n")) for call in calls)
 
     _queue.diversions.append(record)
     try:

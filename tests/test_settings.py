@@ -83,7 +83,7 @@ def test_batch_true_takes_its_size_from_the_settings(connect: Connect[Any]) -> N
     with transaction.atomic():
         for n in range(7):
             custom.send(sender=None, n=n)
-    assert [len(task["args"][0]) for task in queued_tasks()] == [3, 3, 1]
+    assert [len(task["args"][0][3]) for task in queued_tasks()] == [3, 3, 1]
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import pickle
 from typing import Any
 
 import pytest
@@ -16,8 +15,8 @@ from tests.conftest import Connect, custom, queued_tasks
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def payload(*data: Any) -> bytes:
-    return pickle.dumps(list(data))
+#: A call with no values, to the first signal, from no sender.
+NO_VALUES = (0, ((), "v"), None)
 
 
 def test_a_module_level_handler_is_found_by_importing_its_module() -> None:
@@ -25,7 +24,7 @@ def test_a_module_level_handler_is_found_by_importing_its_module() -> None:
 
     import tests.handlers
 
-    registered = get_receiver("tests.handlers.record_note", "tests.handlers")
+    registered = get_receiver("tests.handlers.record_note")
     assert registered is not None
     assert registered.func is tests.handlers.record_note
     assert "tests.handlers" in sys.modules
@@ -34,18 +33,22 @@ def test_a_module_level_handler_is_found_by_importing_its_module() -> None:
 @pytest.mark.parametrize(
     ("data", "error"),
     [
-        (b"not a pickle", "Not a django-q-signals payload"),
-        (pickle.dumps(("too", "short")), "Not a django-q-signals payload"),
-        (payload(_payload.FORMAT, "k"), "Not a django-q-signals payload"),
-        (payload(99, "k", "m", 0, b""), f"Payload format 99 is not {_payload.FORMAT}"),
+        (b"a payload of version 1", "Not a django-q-signals payload"),
+        (("too", "short"), "Not a django-q-signals payload"),
+        ((_payload.FORMAT, "k"), "Not a django-q-signals payload"),
+        ((_payload.FORMAT, 1, 2, NO_VALUES), "Not a django-q-signals payload"),
         (
-            payload(_payload.FORMAT, "tests.nowhere.handler", "tests", 0, b""),
+            (99, "k", "default", NO_VALUES),
+            f"Payload format 99 is not {_payload.FORMAT}",
+        ),
+        (
+            (_payload.FORMAT, "tests.nowhere.handler", "default", NO_VALUES),
             "No async receiver 'tests.nowhere.handler' in this worker",
         ),
     ],
 )
 def test_a_payload_it_cannot_use_is_refused(
-    data: bytes, error: str, caplog: pytest.LogCaptureFixture
+    data: Any, error: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with pytest.raises((ValueError, LookupError), match=error):
         run_receiver(data)
@@ -56,10 +59,27 @@ def test_a_payload_it_cannot_use_is_refused(
 def test_a_module_that_cannot_be_imported_is_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    data = payload(_payload.FORMAT, "no_such_module.handler", "no_such_module", 0, b"")
+    data = (_payload.FORMAT, "no_such_module.handler", "default", NO_VALUES)
     with pytest.raises(LookupError):
         run_receiver(data)
-    assert "Could not import no_such_module" in caplog.records[0].getMessage()
+    assert caplog.records[0].getMessage() == (
+        "No module of no_such_module.handler could be imported"
+    )
+
+
+def test_a_module_that_fails_to_import_is_logged_with_its_error(
+    caplog: pytest.LogCaptureFixture, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "broken_handlers.py").write_text("import no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = (_payload.FORMAT, "broken_handlers.handler", "default", NO_VALUES)
+    with pytest.raises(LookupError):
+        run_receiver(data)
+    first = caplog.records[0]
+    assert first.getMessage() == (
+        "Could not import broken_handlers to find receiver broken_handlers.handler"
+    )
+    assert first.exc_info is not None
 
 
 def test_run_receiver_returns_what_the_handler_returns(connect: Connect[Any]) -> None:

@@ -34,6 +34,7 @@ def async_receiver(
     dispatch_uid: Any = None,
     on_commit: bool | None = None,
     batch: bool | int = False,
+    coalesce: bool = False,
     snapshot: bool = False,
     q_options: Mapping[str, Any] | None = None,
     select_related: Sequence[str] | None = None,
@@ -49,7 +50,8 @@ def async_receiver(
     the signal's database commits (``on_commit=None`` takes the
     ``Q_SIGNALS["ON_COMMIT"]`` setting, True unless set); with ``batch``,
     the calls of one commit share tasks of at most ``batch`` calls (``True``:
-    the ``BATCH_SIZE`` setting). With ``outbox`` (``None``: the ``OUTBOX``
+    the ``BATCH_SIZE`` setting); with ``coalesce``, the calls of one commit
+    for the same row become one, the last. With ``outbox`` (``None``: the ``OUTBOX``
     setting, False unless set), each call is also written to the outbox in
     the signal's transaction, so that none is lost between the commit and
     the broker and each runs once; ``retries`` and ``retry_backoff`` run a
@@ -61,6 +63,8 @@ def async_receiver(
     _check_sender(sender)
     _check_on_commit(on_commit)
     _check_batch(batch)
+    if not isinstance(coalesce, bool):
+        raise TypeError(f"coalesce must be True or False, not {coalesce!r}.")
     options = _check_q_options(q_options)
     related = _check_lookups("select_related", select_related)
     prefetched = _check_lookups("prefetch_related", prefetch_related)
@@ -85,6 +89,7 @@ def async_receiver(
             dispatch_uid=uid,
             on_commit=on_commit,
             batch=batch,
+            coalesce=coalesce,
             snapshot=snapshot,
             q_options=options,
             select_related=related,

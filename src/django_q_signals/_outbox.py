@@ -8,6 +8,7 @@ app in ``INSTALLED_APPS`` for receivers that do not use the outbox.
 from __future__ import annotations
 
 import logging
+import pickle
 import traceback
 import uuid
 from collections import defaultdict
@@ -20,12 +21,11 @@ from django.db import connections, router
 from django.db.models import F, Q
 from django.utils import timezone
 
-from django_q_signals._payload import Row, canonical_pk, saved_pk
+from django_q_signals._payload import Call, canonical_pk, read, saved_pk
 
 if TYPE_CHECKING:
     from django.db.models import Model, QuerySet
 
-    from django_q_signals._payload import Call
     from django_q_signals._registry import Receiver
     from django_q_signals.models import OutboxCall
 
@@ -39,8 +39,9 @@ Ref = tuple[str, int]
 CLAIM_MARGIN = 5
 
 
-def write(call: Call) -> None:
-    """Write the call's row, in the transaction its signal fired in.
+def write(call: Call, replacing: Call | None = None) -> None:
+    """Write the call's row, in the transaction its signal fired in; or,
+    where it took an earlier call's place (coalesced), rewrite that one's.
 
     Where the table is missing (the app not migrated on that database), the
     call is queued without the outbox and an ERROR says so.
@@ -48,14 +49,19 @@ def write(call: Call) -> None:
     from django_q_signals.models import OutboxCall
 
     alias = call.alias
+    if replacing is not None and replacing.outbox_id is not None:
+        rows = OutboxCall.objects.using(alias).filter(pk=replacing.outbox_id)
+        rows.update(payload=pack(call))
+        call.outbox_id = replacing.outbox_id
+        return
     if not _has_table(alias):
         return
-    instance = call.arguments.get("instance")
-    row = OutboxCall(receiver=call.receiver.key, payload=call.payload)
-    if isinstance(instance, Row):
-        model = apps.get_model(instance.label)
+    row = OutboxCall(receiver=call.receiver.key, payload=pack(call))
+    instance = call.instance_row()
+    if instance is not None:
+        model = apps.get_model(instance[0])
         concrete = model._meta.concrete_model or model
-        row.model, row.object_pk = concrete._meta.label, canonical_pk(instance.pk)
+        row.model, row.object_pk = concrete._meta.label, canonical_pk(instance[1])
     if connections[alias].features.can_return_rows_from_bulk_insert:
         # No model signals: saving an outbox row is not the project's business.
         OutboxCall.objects.using(alias).bulk_create([row])
@@ -64,8 +70,35 @@ def write(call: Call) -> None:
     call.outbox_id = row.pk
 
 
+def fold(earlier: Call, later: Call) -> None:
+    """``later`` took ``earlier``'s place: one row for both, with the call as
+    it now stands."""
+    from django_q_signals.models import OutboxCall
+
+    rows = OutboxCall.objects.using(later.alias)
+    if earlier.outbox_id is not None:
+        rows.filter(pk=earlier.outbox_id).delete()
+    if later.outbox_id is not None:
+        rows.filter(pk=later.outbox_id).update(payload=pack(later))
+
+
 _tables: set[str] = set()
 _missing_told: set[str] = set()
+
+
+def pack(call: Call) -> bytes:
+    """A call as its outbox row keeps it."""
+    return pickle.dumps(call.payload(), pickle.HIGHEST_PROTOCOL)
+
+
+def unpack(payload: bytes) -> tuple[str, str, tuple[Any, ...]]:
+    """The receiver key, database alias and call an outbox row keeps;
+    ValueError if it holds none of this version."""
+    try:
+        task = read(pickle.loads(payload))
+    except Exception as exc:
+        raise ValueError(f"not a call of this version: {exc}") from exc
+    return task.key, task.alias, task.body
 
 
 def _has_table(alias: str) -> bool:

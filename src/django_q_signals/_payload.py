@@ -1,17 +1,26 @@
 """What a queued call carries, and how a worker turns it back into arguments.
 
-The signal side turns every argument into something small and picklable and
-pickles the lot at once, so that what is queued is what the signal sent at
-that moment, whatever happens to the objects afterwards:
+When the signal fires, each argument is recorded as it is at that moment, in
+the smallest form a worker can rebuild it from:
 
-- a saved model instance becomes its label, pk and database alias, and the
-  worker loads the row again;
-- a model class becomes its label;
-- a QuerySet becomes None (pickling it would run the query);
-- an unsaved instance, or any instance when the receiver takes snapshots,
-  is pickled as it is;
-- everything else is pickled as it is, and dropped with a warning if it
+- a saved model instance: its label, pk and database (the worker loads the
+  row again);
+- a model class: its label;
+- a QuerySet: None (pickling it would run the query);
+- a value that cannot change and that any Python unpickles (None, booleans,
+  numbers, strings, bytes, dates and times, Decimal, UUID, and tuples and
+  frozensets of those): kept as it is;
+- anything else, and an instance that is not saved yet or that the receiver
+  takes snapshots of: pickled on its own, or left out with a WARNING if it
   cannot be.
+
+A call is one flat tuple, ``(signal index, layout, sender, value, ...)``. Its
+layout is the kwarg names and a letter per sender and value saying how to
+rebuild it: a number for the usual layouts of Django's model signals, the
+pair itself for any other. A task's argument is ``(FORMAT, receiver key,
+database alias or None for the default one, call)``, or a tuple of calls for
+a batch: builtin types only, so Django Q2 always unpickles a task, and a
+value that cannot be unpickled fails its own call and no other.
 """
 
 from __future__ import annotations
@@ -20,8 +29,13 @@ import copy
 import json
 import logging
 import pickle
+import sys
 from collections import Counter
+from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from uuid import UUID
 
 from django.apps import apps
 from django.core.exceptions import ValidationError
@@ -36,13 +50,298 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("django_q_signals")
 
-# Bumped whenever the layout below changes, so a worker running another
-# version refuses a payload instead of misreading it.
-FORMAT = 2
+#: Bumped whenever the layout changes: a worker refuses a task of another
+#: format instead of misreading it.
+FORMAT = 3
+
+# How each sender and value of a call is rebuilt.
+PLAIN = "v"  # as it is
+PICKLED = "p"  # pickled bytes
+MODEL = "m"  # a model class: its label
+ROW = "r"  # a saved instance: (label, pk, database)
+OWN_ROW = "s"  # a saved instance of the sender's model, on the call's database: pk
+ITS_SENDER = "S"  # the receiver's own sender model: nothing more
+ITS_DATABASE = "d"  # the name of the call's database: nothing more
+
+_POST_SAVE = ("instance", "created", "update_fields", "raw", "using")
+_PRE_SAVE = ("instance", "raw", "using", "update_fields")
+_DELETE = ("instance", "using", "origin")
+_M2M = ("action", "instance", "reverse", "model", "pk_set", "using")
+_M2M_RAW = (*_M2M, "raw")  # Django 6.1
+
+#: The usual kwargs of Django's model signals, and how they are recorded
+#: (the sender's kind first): a call names its layout by number. Part of
+#: FORMAT: never reorder, only append.
+LAYOUTS: tuple[tuple[tuple[str, ...], str], ...] = (
+    ((), ""),
+    (_POST_SAVE, "Ssvvvd"),
+    (_POST_SAVE, "msvvvd"),
+    (_PRE_SAVE, "Ssvdv"),
+    (_PRE_SAVE, "Spvdv"),  # on create: the instance as it is
+    (_PRE_SAVE, "msvdv"),
+    (_PRE_SAVE, "mpvdv"),
+    (_DELETE, "Ssds"),  # origin: the instance
+    (_DELETE, "Ssdv"),  # origin: a QuerySet
+    (_DELETE, "msds"),
+    (_DELETE, "msdv"),
+    (_M2M, "Svrvmpd"),
+    (_M2M, "Svrvmvd"),  # a clear: no pk_set
+    (_M2M_RAW, "Svrvmpdv"),
+    (_M2M_RAW, "Svrvmvdv"),
+)
+_LAYOUT_NUMBERS = {layout: number for number, layout in enumerate(LAYOUTS) if number}
+
+_PLAIN_TYPES = frozenset(
+    {
+        type(None),
+        bool,
+        int,
+        float,
+        complex,
+        str,
+        bytes,
+        Decimal,
+        UUID,
+        date,
+        datetime,
+        time,
+        timedelta,
+    }
+)
+
+#: Each model's label, made once: ``_meta.label`` builds a new string each time.
+_labels: dict[type[Model], str] = {}
+
+
+def _label(model: type[Model]) -> str:
+    label = _labels.get(model)
+    if label is None:
+        label = _labels[model] = sys.intern(model._meta.label)
+    return label
+
+
+class Call:
+    """One signal, as a receiver queues it."""
+
+    __slots__ = ("alias", "data", "outbox_id", "receiver")
+
+    def __init__(
+        self,
+        receiver: Receiver,
+        alias: str,
+        data: tuple[Any, ...],
+        outbox_id: int | None = None,
+    ) -> None:
+        self.receiver = receiver
+        #: The database whose commit it waits for.
+        self.alias = alias
+        #: ``(signal index, layout, sender, value, ...)``.
+        self.data = data
+        #: The pk of its outbox row, if it has one.
+        self.outbox_id = outbox_id
+
+    def __str__(self) -> str:
+        rows = ", ".join(
+            f"{name}=<{label} pk={pk!r}>" for name, (label, pk, _) in self.rows()
+        )
+        return f"{self.receiver.key}({rows})"
+
+    @property
+    def layout(self) -> tuple[tuple[str, ...], str]:
+        """The kwarg names, and how the sender and each value are recorded."""
+        return layout_of(self.data)
+
+    def value(self, name: str) -> Any:
+        """The recorded value of kwarg ``name``, as the call holds it."""
+        return self.data[3 + self.layout[0].index(name)]
+
+    def rows(self) -> Iterator[tuple[str, tuple[str, Any, str]]]:
+        """The saved instances among the kwargs: name, and (label, pk, db)."""
+        names, kinds = self.layout
+        for name, kind, value in zip(names, kinds[1:], self.data[3:], strict=True):
+            if kind == ROW:
+                yield name, value
+            elif kind == OWN_ROW:
+                yield name, (self._sender_label(kinds[0]), value, self.alias)
+
+    def _sender_label(self, kind: str) -> str:
+        if kind == ITS_SENDER:
+            return self.receiver.sender_label
+        return cast("str", self.data[2])
+
+    def instance_row(self) -> tuple[str, Any, str] | None:
+        """The row its ``instance`` kwarg refers to, if a saved one."""
+        return next((row for name, row in self.rows() if name == "instance"), None)
+
+    def payload(self) -> tuple[Any, ...]:
+        """What a task for this call alone carries."""
+        return (FORMAT, self.receiver.key, _database(self.alias), self.data)
+
+    def fold_into(self, later: Call) -> None:
+        """Make ``later`` the one call for both: where it has them, created
+        if either was, and the union of their update_fields (None if either's
+        was None)."""
+        names, data = later.layout[0], list(later.data)
+        mine = dict(zip(self.layout[0], self.data[3:], strict=True))
+        if "created" in names and mine.get("created"):
+            data[3 + names.index("created")] = True
+        if "update_fields" in names and "update_fields" in mine:
+            at = 3 + names.index("update_fields")
+            theirs = mine["update_fields"]
+            data[at] = None if None in (data[at], theirs) else data[at] | theirs
+        later.data = tuple(data)
+
+
+def layout_of(data: tuple[Any, ...]) -> tuple[tuple[str, ...], str]:
+    layout = data[1]
+    if isinstance(layout, int):
+        return LAYOUTS[layout]
+    names, kinds = layout
+    return tuple(names), kinds
+
+
+def _database(alias: str) -> str | None:
+    """How a task names a database: None for the default one."""
+    return None if alias == DEFAULT_DB_ALIAS else alias
+
+
+def batch_payload(calls: list[Call]) -> tuple[Any, ...]:
+    """What a task for a batch of one receiver's calls on one database carries."""
+    first = calls[0]
+    data = tuple(call.data for call in calls)
+    return (FORMAT, first.receiver.key, _database(first.alias), data)
+
+
+def encode_call(
+    receiver: Receiver, signal: Signal, sender: Any, kwargs: dict[str, Any]
+) -> Call | None:
+    using = kwargs.get("using")
+    # A custom signal may mean something else by using: then the call
+    # follows its instances' database.
+    alias = using if isinstance(using, str) and using in connections.settings else None
+    snapshot = receiver.snapshot
+    kinds: list[str]
+    sender_value: Any = None
+    if sender is not None and sender is receiver.sender_model:
+        kinds = [ITS_SENDER]
+    else:
+        encoded = _encode(receiver, "sender", sender, snapshot)
+        kinds = [PLAIN]
+        if encoded is not None:
+            kinds[0], sender_value = encoded
+    names = []
+    values = []
+    for name, value in kwargs.items():
+        encoded = _encode(receiver, name, value, snapshot)
+        if encoded is not None:
+            names.append(name)
+            kinds.append(encoded[0])
+            values.append(encoded[1])
+    if alias is None:
+        alias = next(
+            (v[2] for k, v in zip(kinds[1:], values, strict=True) if k == ROW and v[2]),
+            DEFAULT_DB_ALIAS,
+        )
+    own_label = receiver.sender_label if kinds[0] == ITS_SENDER else sender_value
+    for index, (kind, value) in enumerate(zip(kinds[1:], values, strict=True)):
+        if kind == ROW and value[0] == own_label and value[2] == alias:
+            # The sender's model on this database: its pk says it all.
+            kinds[index + 1], values[index] = OWN_ROW, value[1]
+        elif kind == PLAIN and value == alias and type(value) is str:
+            kinds[index + 1], values[index] = ITS_DATABASE, None
+    layout = (tuple(names), "".join(kinds))
+    number = _LAYOUT_NUMBERS.get(layout)
+    if number is None:
+        layout = (tuple(map(sys.intern, layout[0])), sys.intern(layout[1]))
+    data = (
+        receiver.signals.index(signal),
+        layout if number is None else number,
+        sender_value,
+        *values,
+    )
+    return Call(receiver, alias, data)
+
+
+def _encode(
+    receiver: Receiver, name: str, value: Any, snapshot: bool
+) -> tuple[str, Any] | None:
+    """How a value is recorded: its kind and form, or None to leave it out."""
+    if _is_plain(value):
+        return PLAIN, value
+    if isinstance(value, Model):
+        if not (snapshot or value._state.adding):
+            pk = saved_pk(value)
+            if pk is not None:
+                return ROW, (_label(type(value)), pk, value._state.db)
+    elif isinstance(value, ModelBase):
+        return MODEL, _label(cast("type[Model]", value))
+    elif isinstance(value, QuerySet):
+        return PLAIN, None
+    try:
+        return PICKLED, pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        receiver.warn_once(
+            name,
+            "%s: %r cannot be pickled (%s: %s), so it is not passed to the "
+            "worker; the handler will get %s.",
+            receiver.key,
+            name,
+            type(exc).__name__,
+            exc,
+            "sender=None" if name == "sender" else f"no {name!r}",
+        )
+        return None
+
+
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    """Whether a value cannot change and any Python unpickles it."""
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
+        return True
+    if (kind is tuple or kind is frozenset) and depth < 3:
+        return all(_is_plain(item, depth + 1) for item in value)
+    return False
+
+
+def saved_pk(instance: Model) -> Any:
+    """The pk as the database gives it back (``"42"`` -> ``42``), or None."""
+    pk = instance.pk
+    if pk is None or (isinstance(pk, tuple) and None in pk):
+        return None
+    try:
+        return _to_python(instance._meta.pk, pk)
+    except (ValidationError, ValueError, TypeError):
+        return pk  # No row can have it; the worker finds none.
+
+
+def canonical_pk(pk: Any) -> str:
+    """A pk as text, the same for every value of one row's pk."""
+    if isinstance(pk, tuple):
+        return json.dumps([str(part) for part in pk])
+    return str(pk)
+
+
+def _to_python(field: Any, pk: Any) -> Any:
+    if isinstance(pk, tuple):  # A composite primary key.
+        return tuple(
+            part.to_python(value) for part, value in zip(field.fields, pk, strict=True)
+        )
+    return field.to_python(pk)
+
+
+def _can_be_stored(field: Any, pk: Any) -> bool:
+    try:
+        _to_python(field, pk)
+    except (ValidationError, ValueError, TypeError):
+        return False
+    return True
+
+
+# The worker's side.
 
 
 class Row(NamedTuple):
-    """A saved model instance, loaded again by the worker."""
+    """A saved model instance to load again."""
 
     label: str
     pk: Any
@@ -56,111 +355,93 @@ class ModelClass(NamedTuple):
     label: str
 
 
-class Call:
-    """One signal, as a receiver queues it."""
-
-    __slots__ = ("alias", "arguments", "outbox_id", "payload", "receiver")
-
-    def __init__(
-        self,
-        receiver: Receiver,
-        payload: bytes,
-        alias: str,
-        arguments: dict[str, Any],
-        outbox_id: int | None = None,
-    ) -> None:
-        self.receiver = receiver
-        self.payload = payload
-        self.alias = alias
-        self.arguments = arguments
-        #: The pk of its outbox row, if it has one.
-        self.outbox_id = outbox_id
-
-    def __str__(self) -> str:
-        return f"{self.receiver.key}({describe_rows(self.arguments)})"
-
-
-def describe_rows(arguments: dict[str, Any]) -> str:
-    """The rows a call refers to, for logs: ``instance=<app.Model pk=1>``."""
-    return ", ".join(
-        f"{name}=<{value}>"
-        for name, value in arguments.items()
-        if isinstance(value, Row)
-    )
-
-
-def encode_call(
-    receiver: Receiver, signal: Signal, sender: Any, kwargs: dict[str, Any]
-) -> Call | None:
-    snapshot = receiver.snapshot
-    arguments = {name: _encode(value, snapshot) for name, value in kwargs.items()}
-    alias = kwargs.get("using")
-    if not (isinstance(alias, str) and alias in connections.settings):
-        # No using, or a custom signal's own meaning of the word.
-        alias = next(
-            (v.db for v in arguments.values() if isinstance(v, Row) and v.db),
-            DEFAULT_DB_ALIAS,
-        )
-    sender = _encode(sender, snapshot)
-    try:
-        blob = _dumps((sender, arguments))
-    except Exception:
-        # Rare: find what cannot be pickled, leave it out and say so.
-        sender, arguments = _picklable(receiver, sender, arguments)
-        try:
-            blob = _dumps((sender, arguments))
-        except Exception:
-            logger.exception(
-                "Could not pickle a call to %s; it is not queued", receiver
-            )
-            return None
-    # The receiver is pickled apart from the arguments, so that a worker
-    # that cannot unpickle them still knows whose call failed.
-    header = (FORMAT, receiver.key, receiver.module, receiver.signals.index(signal))
-    return Call(receiver, _dumps((*header, blob)), alias, arguments)
-
-
-class Queued(NamedTuple):
-    """A payload as the worker unpickles it, before its arguments."""
+class Task(NamedTuple):
+    """A task's argument as a worker reads it, before its calls are opened."""
 
     key: str
-    module: str
-    signal_index: int
-    blob: bytes
+    alias: str
+    body: Any
 
 
 class Arguments(NamedTuple):
-    """A call's sender and kwargs as queued, before instances are loaded."""
+    """A call's signal, sender and kwargs as recorded, values unpickled."""
 
+    signal_index: int
     sender: Any
     kwargs: dict[str, Any]
 
 
-def load(payload: bytes) -> Queued:
-    try:
-        version, *fields = pickle.loads(payload)
-    except Exception as exc:
-        raise ValueError(f"Not a django-q-signals payload: {exc}") from exc
-    if not isinstance(version, int):
-        raise ValueError(f"Not a django-q-signals payload: it starts with {version!r}")
-    if version != FORMAT:
+def read(payload: Any) -> Task:
+    """The receiver and database a task is for; raises ValueError if it is
+    not a task of this version."""
+    if not (isinstance(payload, tuple) and payload and isinstance(payload[0], int)):
+        raise ValueError(f"Not a django-q-signals payload: {_short(payload)}")
+    if payload[0] != FORMAT:
         raise ValueError(
-            f"Payload format {version!r} is not {FORMAT}: was it queued by another "
-            "version of django-q-signals?"
+            f"Payload format {payload[0]!r} is not {FORMAT}: was it queued by "
+            "another version of django-q-signals?"
         )
     try:
-        return Queued(*fields)
-    except TypeError as exc:
+        _, key, alias, body = payload
+    except ValueError as exc:
         raise ValueError(f"Not a django-q-signals payload: {exc}") from exc
+    if not (isinstance(key, str) and isinstance(alias, (str, type(None)))):
+        raise ValueError(f"Not a django-q-signals payload: {_short(payload)}")
+    return Task(key, alias or DEFAULT_DB_ALIAS, body)
 
 
-def load_arguments(queued: Queued) -> Arguments:
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+def open_call(data: Any, receiver: Receiver, alias: str) -> Arguments:
+    """A call's arguments; raises ValueError if they cannot be rebuilt."""
     try:
-        return Arguments(*pickle.loads(queued.blob))
+        signal_index, _, sender, *values = data
+        names, kinds = layout_of(data)
+        if len(kinds) != len(values) + 1 or len(names) != len(values):
+            raise ValueError(f"{len(values)} values for {names} ({kinds})")
+        sender_label: str | None
+        sender_value: Any
+        if kinds[0] == ITS_SENDER:
+            sender_label = receiver.sender_label
+            sender_value = ModelClass(sender_label)
+        else:
+            sender_label = sender if kinds[0] == MODEL else None
+            sender_value = _decode(kinds[0], sender, None, alias)
+        kwargs = {
+            name: _decode(kind, value, sender_label, alias)
+            for name, kind, value in zip(names, kinds[1:], values, strict=True)
+        }
+        return Arguments(signal_index, sender_value, kwargs)
     except Exception as exc:
         raise ValueError(
             f"Could not unpickle its arguments: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _decode(kind: str, value: Any, sender_label: str | None, alias: str) -> Any:
+    if kind == PLAIN:
+        return value
+    if kind == PICKLED:
+        return pickle.loads(value)
+    if kind == MODEL:
+        return ModelClass(value)
+    if kind == ROW:
+        return Row(*value)
+    if kind == OWN_ROW:
+        return Row(cast("str", sender_label), value, alias)
+    if kind == ITS_DATABASE:
+        return alias
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def describe_rows(kwargs: dict[str, Any]) -> str:
+    """The rows a call refers to, for logs: ``instance=<app.Model pk=1>``."""
+    return ", ".join(
+        f"{name}=<{value}>" for name, value in kwargs.items() if isinstance(value, Row)
+    )
 
 
 class Rows:
@@ -234,94 +515,13 @@ def rebuild(
     """The ``sender`` and kwargs to call the handler with."""
     kwargs = {}
     for name, value in arguments.kwargs.items():
-        kwargs[name] = _decode(rows, name, value)
+        kwargs[name] = _rebuilt(rows, name, value)
         if kwargs[name] is None and isinstance(value, Row):
             kwargs[f"_{name}_pk"] = value.pk
-    return _decode(rows, "sender", arguments.sender), kwargs
+    return _rebuilt(rows, "sender", arguments.sender), kwargs
 
 
-def _dumps(data: Any) -> bytes:
-    return pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
-
-
-def _encode(value: Any, snapshot: bool) -> Any:
-    if isinstance(value, Model):
-        if snapshot or value._state.adding:
-            return value
-        pk = saved_pk(value)
-        if pk is None:
-            return value
-        return Row(value._meta.label, pk, value._state.db)
-    if isinstance(value, ModelBase):
-        return ModelClass(cast("type[Model]", value)._meta.label)
-    if isinstance(value, QuerySet):
-        return None
-    return value
-
-
-def saved_pk(instance: Model) -> Any:
-    """The pk as the database gives it back (``"42"`` -> ``42``), or None."""
-    pk = instance.pk
-    if pk is None or (isinstance(pk, tuple) and None in pk):
-        return None
-    try:
-        return _to_python(instance._meta.pk, pk)
-    except (ValidationError, ValueError, TypeError):
-        return pk  # No row can have it; the worker finds none.
-
-
-def canonical_pk(pk: Any) -> str:
-    """A pk as text, the same for every value of one row's pk."""
-    if isinstance(pk, tuple):
-        return json.dumps([str(part) for part in pk])
-    return str(pk)
-
-
-def _to_python(field: Any, pk: Any) -> Any:
-    if isinstance(pk, tuple):  # A composite primary key.
-        return tuple(
-            part.to_python(value) for part, value in zip(field.fields, pk, strict=True)
-        )
-    return field.to_python(pk)
-
-
-def _can_be_stored(field: Any, pk: Any) -> bool:
-    try:
-        _to_python(field, pk)
-    except (ValidationError, ValueError, TypeError):
-        return False
-    return True
-
-
-def _picklable(
-    receiver: Receiver, sender: Any, arguments: dict[str, Any]
-) -> tuple[Any, dict[str, Any]]:
-    """``sender`` and ``arguments`` without what cannot be pickled."""
-    if not _can_pickle(receiver, "sender", sender):
-        sender = None
-    kept = {k: v for k, v in arguments.items() if _can_pickle(receiver, k, v)}
-    return sender, kept
-
-
-def _can_pickle(receiver: Receiver, name: str, value: Any) -> bool:
-    try:
-        _dumps(value)
-    except Exception as exc:
-        receiver.warn_once(
-            name,
-            "%s: %r cannot be pickled (%s: %s), so it is not passed to the "
-            "worker; the handler will get %s.",
-            receiver.key,
-            name,
-            type(exc).__name__,
-            exc,
-            "sender=None" if name == "sender" else f"no {name!r}",
-        )
-        return False
-    return True
-
-
-def _decode(rows: Rows, name: str, value: Any) -> Any:
+def _rebuilt(rows: Rows, name: str, value: Any) -> Any:
     if isinstance(value, Row):
         return rows.get(name, value)
     if isinstance(value, ModelClass):

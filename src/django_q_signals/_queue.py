@@ -23,6 +23,7 @@ from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
 from django_q_signals import _brokers, _outbox
+from django_q_signals._payload import batch_payload
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -43,28 +44,34 @@ diversions: list[Callable[[list[Call]], None]] = []
 
 
 def queue_call(call: Call) -> None:
-    if call.receiver.uses_outbox:
-        # Kept with the data; sent at the commit like any call.
-        _outbox.write(call)
-    elif not call.receiver.waits_for_commit:
+    receiver = call.receiver
+    outbox = receiver.uses_outbox
+    if not (outbox or receiver.waits_for_commit):
         send([call], raise_errors=True)
         return
     connection = transaction.get_connection(call.alias)
     if connection.in_atomic_block:
-        _defer(connection, call)
+        replaced = _defer(connection, call)
+        if outbox:
+            # Kept with the data; sent at the commit like any call.
+            _outbox.write(call, replacing=replaced)
     elif connection.get_autocommit():
+        if outbox:
+            _outbox.write(call)
         send([call])
-    elif call.outbox_id is None:
+    elif outbox:
+        # Its row commits or rolls back with the data; the relay sends it.
+        _outbox.write(call)
+    else:
         # Manual transaction management has no commit callbacks: Django's
         # on_commit refuses it too.
         raise TransactionManagementError(
-            f"{call.receiver.key} queues its calls when the transaction commits, "
+            f"{receiver.key} queues its calls when the transaction commits, "
             f"but the database {call.alias!r} is in manual transaction management "
             "(set_autocommit(False)), which has no commit callbacks. Give the "
             "receiver on_commit=False to queue at once, or outbox=True to keep "
             "the call in the outbox until the relay sends it."
         )
-    # Else its outbox row commits or rolls back with the data; the relay sends it.
 
 
 def send(calls: list[Call], *, raise_errors: bool = False) -> None:
@@ -144,9 +151,10 @@ def _fate(tasks: list[list[Call]]) -> str:
 
 
 def group_tasks(calls: list[Call]) -> list[list[Call]]:
-    """The tasks for ``calls``, in firing order: one call each, or a batch."""
+    """The tasks for ``calls``, in firing order: one call each, or a batch of
+    one receiver's calls on one database."""
     tasks: list[list[Call]] = []
-    batches: dict[Receiver, list[Call]] = {}
+    batches: dict[tuple[Receiver, str], list[Call]] = {}
     sizes: dict[Receiver, int] = {}
     for call in calls:
         receiver = call.receiver
@@ -155,9 +163,9 @@ def group_tasks(calls: list[Call]) -> list[list[Call]]:
             continue
         if receiver not in sizes:
             sizes[receiver] = receiver.batch_size
-        batch = batches.get(receiver)
+        batch = batches.get((receiver, call.alias))
         if batch is None or len(batch) == sizes[receiver]:
-            batch = batches[receiver] = []
+            batch = batches[receiver, call.alias] = []
             tasks.append(batch)
         batch.append(call)
     return tasks
@@ -165,12 +173,13 @@ def group_tasks(calls: list[Call]) -> list[list[Call]]:
 
 def task_call(task: list[Call]) -> tuple[str, tuple[Any, ...]]:
     """The function a worker runs for ``task``, and its arguments: the
-    payloads, and where their outbox rows are if they have any."""
+    payload, and where its calls' outbox rows are if they have any."""
     refs = _outbox.refs(task)
     if task[0].receiver.is_batched:
-        payloads = tuple(call.payload for call in task)
-        return BATCH_TASK, (payloads,) if refs is None else (payloads, refs)
-    return TASK, (task[0].payload,) if refs is None else (task[0].payload, refs[0])
+        payload = batch_payload(task)
+        return BATCH_TASK, (payload,) if refs is None else (payload, refs)
+    payload = task[0].payload()
+    return TASK, (payload,) if refs is None else (payload, refs[0])
 
 
 def describe(task: list[Call]) -> str:
@@ -197,22 +206,26 @@ def _sign(func: str, args: tuple[Any, ...], options: dict[str, Any]) -> str:
     task["kwargs"] = {}
     task["started"] = timezone.now()
     pre_enqueue.send(sender="django_q", task=task)
-    return str(SignedPackage.dumps(task))
+    # Compressed where that makes it smaller (a batch's calls are much alike);
+    # a worker reads it whatever its own settings say.
+    return str(SignedPackage.dumps(task, compressed=True))
 
 
 class _Group:
     """One ``on_commit`` callback: calls deferred one after the other."""
 
-    __slots__ = ("calls", "open", "previous", "savepoints", "scope")
+    __slots__ = ("calls", "index", "open", "previous", "savepoints", "scope")
 
     def __init__(
         self,
-        call: Call,
         savepoints: frozenset[str],
         previous: _Group | None,
         scope: object = None,
     ) -> None:
-        self.calls = [call]
+        # None where a later call of a coalescing receiver took one's place.
+        self.calls: list[Call | None] = []
+        # Where each coalescing receiver's call for a row is, by (receiver, row).
+        self.index: dict[tuple[Any, ...], int] | None = None
         #: Whether calls may still join it: not once it ran.
         self.open = True
         # The savepoints open when it was registered: Django drops it when
@@ -224,10 +237,48 @@ class _Group:
         self.scope = scope
 
     def __call__(self) -> None:
-        calls, self.calls = self.calls, []
+        calls, self.calls, self.index = self.calls, [], None
         self.open, self.previous = False, None
-        if calls:
-            send(calls)
+        standing = [call for call in calls if call is not None]
+        if standing:
+            send(standing)
+
+    def add(self, call: Call) -> Call | None:
+        """Append a call. A coalescing receiver's earlier call for the same
+        row in this group is folded into it; that call is returned."""
+        key = _coalescing_key(call)
+        if key is None:
+            self.calls.append(call)
+            return None
+        if self.index is None:
+            self.index = {}
+        replaced = None
+        at = self.index.get(key)
+        if at is not None:
+            replaced, self.calls[at] = self.calls[at], None
+            assert replaced is not None
+            replaced.fold_into(call)
+        self.index[key] = len(self.calls)
+        self.calls.append(call)
+        return replaced
+
+    def fold_into(self, later: _Group) -> None:
+        """Fold its coalescing calls into ``later``'s for the same rows: the
+        two groups now share their fate."""
+        assert self.index is not None
+        assert later.index is not None
+        for key, at in list(self.index.items()):
+            later_at = later.index.get(key)
+            if later_at is None:
+                continue
+            earlier, self.calls[at] = self.calls[at], None
+            del self.index[key]
+            call = later.calls[later_at]
+            assert earlier is not None
+            assert call is not None
+            earlier.fold_into(call)
+            if call.receiver.uses_outbox:
+                _outbox.fold(earlier, call)
 
     def takes(self, open_savepoints: frozenset[str], scope: object) -> bool:
         """Whether a call deferred now may join it."""
@@ -256,13 +307,30 @@ class _Group:
             and previous.scope == self.scope
             and previous.savepoints & open_savepoints == own
         ):
+            offset = len(previous.calls)
+            if self.index and previous.index:
+                previous.fold_into(self)
             previous.calls.extend(self.calls)
+            if self.index:
+                index = previous.index or {}
+                index.update((key, at + offset) for key, at in self.index.items())
+                previous.index = index
             self.calls, previous.calls = previous.calls, []
+            self.index, previous.index = previous.index, None
             previous = previous.previous
         self.previous = previous
 
 
-def _defer(connection: BaseDatabaseWrapper, call: Call) -> None:
+def _coalescing_key(call: Call) -> tuple[Any, ...] | None:
+    """What makes two calls one, for a coalescing receiver: their row."""
+    if not call.receiver.coalesce:
+        return None
+    row = call.instance_row()
+    return None if row is None else (call.receiver, *row)
+
+
+def _defer(connection: BaseDatabaseWrapper, call: Call) -> Call | None:
+    """Defer ``call`` to the commit; the earlier call it replaced, if any."""
     open_savepoints = frozenset(filter(None, connection.savepoint_ids))
     blocks = connection.atomic_blocks
     if getattr(blocks[-1], "_from_testcase", False):
@@ -270,21 +338,24 @@ def _defer(connection: BaseDatabaseWrapper, call: Call) -> None:
         # this code would run in autocommit, each call is sent on its own. A
         # callback per call, that no later call joins, keeps
         # captureOnCommitCallbacks exact too.
-        group = _Group(call, open_savepoints, None)
+        group = _Group(open_savepoints, None)
+        group.add(call)
         group.open = False
         connection.on_commit(group)
-        return
+        return None
     scope = _test_scope(connection) if _from_testcase(blocks[0]) else None
     hooks = connection.run_on_commit
     last = hooks[-1][1] if hooks else None
     if isinstance(last, _Group) and last.open and last.scope == scope:
         last.take_earlier_calls(open_savepoints)
         if last.takes(open_savepoints, scope):
-            last.calls.append(call)
-            return
+            return last.add(call)
     else:
         last = None
-    connection.on_commit(_Group(call, open_savepoints, last, scope))
+    group = _Group(open_savepoints, last, scope)
+    group.add(call)
+    connection.on_commit(group)
+    return None
 
 
 def _from_testcase(block: Atomic) -> bool:

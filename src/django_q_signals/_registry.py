@@ -9,13 +9,16 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
+from django.db.models.base import ModelBase
 from django.db.models.signals import m2m_changed
 from django.dispatch import Signal
 
@@ -49,6 +52,7 @@ class Receiver:
     select_related: tuple[str, ...] = ()
     prefetch_related: tuple[str, ...] = ()
     outbox: bool | None = None
+    coalesce: bool = False
     retries: int = 0
     retry_backoff: float | None = None
     _warned: set[str] = field(default_factory=set, init=False)
@@ -114,6 +118,24 @@ class Receiver:
         return options
 
     @cached_property
+    def sender_model(self) -> type[Model] | None:
+        """The model the receiver was connected for, if its sender names one."""
+        if isinstance(self.sender, ModelBase):
+            return cast("type[Model]", self.sender)
+        if isinstance(self.sender, str) and "." in self.sender:
+            try:
+                return apps.get_model(self.sender)
+            except (LookupError, ValueError):
+                return None
+        return None
+
+    @cached_property
+    def sender_label(self) -> str:
+        """The label of the receiver's sender model."""
+        assert self.sender_model is not None
+        return sys.intern(self.sender_model._meta.label)
+
+    @cached_property
     def related_model(self) -> type[Model] | None:
         """The model ``select_related`` and ``prefetch_related`` were written
         for: the sender, or for an ``m2m_changed`` receiver, whose sender is a
@@ -161,17 +183,37 @@ def register(receiver: Receiver) -> None:
     _registry[receiver.key] = receiver
 
 
-def get_receiver(key: str, module: str) -> Receiver | None:
-    """Find a receiver by key, importing the module that defines it if needed."""
+def get_receiver(key: str) -> Receiver | None:
+    """Find a receiver by key, importing the module that defines it if needed.
+
+    The module is the longest leading part of the key's dotted path that can
+    be imported (``shop.signals`` for ``shop.signals.reindex``).
+    """
     receiver = _registry.get(key)
     if receiver is None:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            logger.exception("Could not import %s to find receiver %s", module, key)
+        if _module_of(key) is None:
+            logger.error("No module of %s could be imported", key)
             return None
         receiver = _registry.get(key)
     return receiver
+
+
+def _module_of(key: str) -> ModuleType | None:
+    parts = key.partition("#")[0].split(".")
+    for length in range(len(parts) - 1, 0, -1):
+        name = ".".join(parts[:length])
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if name == missing or name.startswith(missing + "."):
+                continue  # Not a module: a shorter path may be.
+            logger.exception("Could not import %s to find receiver %s", name, key)
+            return None
+        except ImportError:
+            logger.exception("Could not import %s to find receiver %s", name, key)
+            return None
+    return None
 
 
 def all_receivers() -> list[Receiver]:

@@ -24,9 +24,9 @@ from django.db import connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from django_q_signals import _conf, _queue
-from django_q_signals._payload import Call, Row, load
-from django_q_signals._registry import Receiver, all_receivers, get_receiver
+from django_q_signals import _conf, _outbox, _queue
+from django_q_signals._payload import Call
+from django_q_signals._registry import all_receivers, get_receiver
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -89,17 +89,13 @@ def _send_chunk(rows: QuerySet[OutboxCall]) -> tuple[int, int]:
     read (0 when none was left)."""
     alias = rows.db
     with transaction.atomic(using=alias):
-        rows = rows.only("pk", "receiver", "payload", "model", "object_pk")
+        rows = rows.only("pk", "payload")
         if connections[alias].features.has_select_for_update_skip_locked:
             rows = rows.select_for_update(skip_locked=True)
         chunk = list(rows[:CHUNK])
         if not chunk:
             return 0, 0
-        calls = []
-        for row in chunk:
-            receiver = _receiver(row)
-            if receiver is not None:
-                calls.append(_call(receiver, row, alias))
+        calls = [call for row in chunk if (call := _call(row, alias)) is not None]
         # Inside the transaction: its rows stay locked until they are on the
         # broker and marked sent (with the ORM broker on this database, in
         # the same commit).
@@ -159,24 +155,20 @@ def _broker_is_empty(destination: Any) -> bool:
 _unknown_told: set[str] = set()
 
 
-def _receiver(row: Any) -> Receiver | None:
+def _call(row: Any, alias: str) -> Call | None:
+    """The call an outbox row keeps, if this process knows its receiver."""
     try:
-        queued = load(bytes(row.payload))
-    except ValueError:
-        logger.error("Relay: outbox row %s holds no call this version can read", row.pk)
+        key, call_alias, data = _outbox.unpack(bytes(row.payload))
+    except ValueError as exc:
+        logger.error("Relay: outbox row %s holds no call: %s", row.pk, exc)
         return None
-    receiver = get_receiver(queued.key, queued.module)
-    if receiver is None and queued.key not in _unknown_told:
-        _unknown_told.add(queued.key)
-        logger.error(
-            "Relay: no async receiver %r in this process; its outbox calls wait",
-            queued.key,
-        )
-    return receiver
-
-
-def _call(receiver: Receiver, row: Any, alias: str) -> Call:
-    arguments: dict[str, Any] = {}
-    if row.model:
-        arguments["instance"] = Row(row.model, row.object_pk, alias)
-    return Call(receiver, bytes(row.payload), alias, arguments, outbox_id=row.pk)
+    receiver = get_receiver(key)
+    if receiver is None:
+        if key not in _unknown_told:
+            _unknown_told.add(key)
+            logger.error(
+                "Relay: no async receiver %r in this process; its outbox calls wait",
+                key,
+            )
+        return None
+    return Call(receiver, call_alias, data, outbox_id=row.pk)

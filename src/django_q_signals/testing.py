@@ -8,7 +8,7 @@ the commit never comes: wrap the code in ``captureOnCommitCallbacks
 (execute=True)`` (``django_capture_on_commit_callbacks`` in pytest-django)
 to run its commit callbacks.
 
-The calls take the same way as in a worker: the pickled payload is loaded,
+The calls take the same way as in a worker: the task's payload is read,
 model instances are loaded again from the database, and the handler is
 called, batched receivers in batches. Every call runs; then the first
 handler exception (for a batch, its ``BatchError``) reaches the test.
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from django.utils.module_loading import import_string
 
 from django_q_signals import _queue
-from django_q_signals._payload import Rows, load, load_arguments, rebuild
+from django_q_signals._payload import Rows, open_call, rebuild
 
 if TYPE_CHECKING:
     from django.dispatch import Signal
@@ -73,8 +73,8 @@ class CapturedCall:
 
     @property
     def signal(self) -> Signal:
-        receiver = self._call.receiver
-        return receiver.signals[load(self._call.payload).signal_index]
+        signal: Signal = self._call.receiver.signals[self._call.data[0]]
+        return signal
 
     @property
     def sender(self) -> Any:
@@ -96,7 +96,7 @@ class CapturedCall:
 
     def _rebuild(self) -> tuple[Any, dict[str, Any]]:
         receiver = self._call.receiver
-        arguments = load_arguments(load(self._call.payload))
+        arguments = open_call(self._call.data, receiver, self._call.alias)
         return rebuild(receiver, arguments, Rows(receiver, [arguments]))
 
 

@@ -17,11 +17,11 @@ from django.core.exceptions import SynchronousOnlyOperation
 from django_q_signals._outbox import Claim, Ref
 from django_q_signals._payload import (
     Arguments,
-    Queued,
     Rows,
+    Task,
     describe_rows,
-    load,
-    load_arguments,
+    open_call,
+    read,
     rebuild,
 )
 from django_q_signals._registry import Receiver, get_receiver
@@ -29,23 +29,23 @@ from django_q_signals._registry import Receiver, get_receiver
 logger = logging.getLogger("django_q_signals")
 
 
-def run_receiver(payload: bytes, outbox: Ref | None = None) -> Any:
+def run_receiver(payload: Any, outbox: Ref | None = None) -> Any:
     """Rebuild a queued signal's arguments and call its handler.
 
     ``outbox``: where the call's outbox row is. The row is claimed first, and
     nothing runs if another run has it or it is gone.
     """
-    receiver, [queued] = _find([payload])
+    receiver, task = _find(payload)
     claim = Claim(receiver, [outbox]) if outbox else None
     if claim and not claim.holds(outbox):
         _log_not_claimed(receiver, [outbox])
         return None
     try:
         try:
-            arguments = load_arguments(queued)
+            arguments = open_call(task.body, receiver, task.alias)
         except ValueError as exc:
             raise ValueError(f"A call to {receiver.key} failed: {exc}") from exc
-        result = _call(receiver, queued, arguments, Rows(receiver, [arguments]))
+        result = _call(receiver, arguments, Rows(receiver, [arguments]))
     except Exception as exc:
         if claim:
             claim.failed(outbox, exc)
@@ -55,9 +55,7 @@ def run_receiver(payload: bytes, outbox: Ref | None = None) -> Any:
     return result
 
 
-def run_batch(
-    payloads: Sequence[bytes], outbox: Sequence[Ref | None] | None = None
-) -> int:
+def run_batch(payload: Any, outbox: Sequence[Ref | None] | None = None) -> int:
     """Run a batch of one receiver's calls, in order; fail if any call failed.
 
     Every call runs even when an earlier one raised, or could not be loaded;
@@ -66,31 +64,32 @@ def run_batch(
     rows are claimed with one query, and calls another run has, or that are
     gone, are left out.
     """
-    receiver, batch = _find(payloads)
-    refs = list(outbox) if outbox else [None] * len(batch)
+    receiver, task = _find(payload)
+    calls = list(task.body)
+    refs = list(outbox) if outbox else [None] * len(calls)
     claim = Claim(receiver, refs) if outbox else None
     if claim:
         _log_not_claimed(receiver, [ref for ref in refs if not claim.holds(ref)])
     failures: dict[int, str] = {}
-    loaded: list[tuple[int, Queued, Arguments, Ref | None]] = []
-    for number, (queued, ref) in enumerate(zip(batch, refs, strict=True), 1):
+    opened: list[tuple[int, Arguments, Ref | None]] = []
+    for number, (data, ref) in enumerate(zip(calls, refs, strict=True), 1):
         if claim and not claim.holds(ref):
             continue
         try:
-            loaded.append((number, queued, load_arguments(queued), ref))
+            opened.append((number, open_call(data, receiver, task.alias), ref))
         except ValueError as exc:
-            logger.error("%s: call %d of %d: %s", receiver.key, number, len(batch), exc)
+            logger.error("%s: call %d of %d: %s", receiver.key, number, len(calls), exc)
             failures[number] = f"call {number}: {exc}"
             if claim:
                 claim.failed(ref, exc)
-    rows = Rows(receiver, [arguments for _, _, arguments, _ in loaded])
+    rows = Rows(receiver, [arguments for _, arguments, _ in opened])
     done = []
-    for number, queued, arguments, ref in loaded:
+    for number, arguments, ref in opened:
         try:
-            _call(receiver, queued, arguments, rows)
+            _call(receiver, arguments, rows)
         except Exception as exc:
             logger.exception(
-                "%s: call %d of %d failed", receiver.key, number, len(batch)
+                "%s: call %d of %d failed", receiver.key, number, len(calls)
             )
             failures[number] = (
                 f"call {number} ({describe_rows(arguments.kwargs)}): "
@@ -104,10 +103,10 @@ def run_batch(
         claim.succeeded(done)
     if failures:
         raise BatchError(
-            f"{len(failures)} of {len(batch)} calls to {receiver.key} failed: "
+            f"{len(failures)} of {len(calls)} calls to {receiver.key} failed: "
             + "; ".join(failures[number] for number in sorted(failures))
         )
-    return len(batch)
+    return len(calls)
 
 
 def relay() -> int:
@@ -133,30 +132,27 @@ class BatchError(Exception):
     """Some calls of a batch failed; the others ran."""
 
 
-def _find(payloads: Sequence[bytes]) -> tuple[Receiver, list[Queued]]:
-    """The receiver the payloads are for, and the payloads unpickled."""
+def _find(payload: Any) -> tuple[Receiver, Task]:
+    """The receiver a task is for, and the task as read."""
     try:
-        batch = [load(payload) for payload in payloads]
-        keys = {queued.key for queued in batch}
-        if len(keys) != 1:
-            raise ValueError(f"A task must hold calls to one receiver, not {keys}")
-        receiver = get_receiver(batch[0].key, batch[0].module)
+        task = read(payload)
+        receiver = get_receiver(task.key)
         if receiver is None:
             raise LookupError(
-                f"No async receiver {batch[0].key!r} in this worker. Is the module "
+                f"No async receiver {task.key!r} in this worker. Is the module "
                 "that defines it imported when Django starts (for example from "
                 "an AppConfig.ready())?"
             )
     except (LookupError, ValueError):
         logger.exception("Refused a queued signal")
         raise
-    return receiver, batch
+    return receiver, task
 
 
-def _call(receiver: Receiver, queued: Queued, arguments: Arguments, rows: Rows) -> Any:
+def _call(receiver: Receiver, arguments: Arguments, rows: Rows) -> Any:
     sender, kwargs = rebuild(receiver, arguments, rows)
     logger.debug("Running %s", receiver.key)
-    signal = receiver.signals[queued.signal_index]
+    signal = receiver.signals[arguments.signal_index]
     if not receiver.is_async:
         return receiver.func(signal=signal, sender=sender, **kwargs)
     try:

@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.utils.timesince import timesince
 
 from django_q_signals import _relay
-from django_q_signals._payload import load
+from django_q_signals._payload import read
 from django_q_signals._queue import BATCH_TASK, TASK
 from django_q_signals._registry import Receiver, all_receivers
 from django_q_signals.models import OutboxCall
@@ -303,10 +303,7 @@ class _SavedTasks:
 def _receiver_key(args: Any) -> str | None:
     """The receiver a task's arguments are for, if they are a queued call."""
     try:
-        payload = args[0]
-        if isinstance(payload, tuple):  # A batch: its first call.
-            payload = payload[0]
-        return load(payload).key
+        return read(args[0]).key
     except (IndexError, TypeError, ValueError):
         return None
 
