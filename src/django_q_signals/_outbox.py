@@ -14,7 +14,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.apps import apps
 from django.db import connections, router
@@ -24,7 +24,7 @@ from django.utils import timezone
 from django_q_signals._payload import Call, canonical_pk, read, saved_pk
 
 if TYPE_CHECKING:
-    from django.db.models import Model, QuerySet
+    from django.db.models import Field, Model, QuerySet
 
     from django_q_signals._registry import Receiver
     from django_q_signals.models import OutboxCall
@@ -56,18 +56,89 @@ def write(call: Call, replacing: Call | None = None) -> None:
         return
     if not _has_table(alias):
         return
-    row = OutboxCall(receiver=call.receiver.key, payload=pack(call))
+    model_label = object_pk = ""
     instance = call.instance_row()
     if instance is not None:
         model = apps.get_model(instance[0])
         concrete = model._meta.concrete_model or model
-        row.model, row.object_pk = concrete._meta.label, canonical_pk(instance[1])
-    if connections[alias].features.can_return_rows_from_bulk_insert:
-        # No model signals: saving an outbox row is not the project's business.
-        OutboxCall.objects.using(alias).bulk_create([row])
-    else:  # pragma: no cover (MySQL and Oracle, not tested here)
-        row.save(using=alias)
-    call.outbox_id = row.pk
+        model_label, object_pk = concrete._meta.label, canonical_pk(instance[1])
+    call.outbox_id = _insert(
+        alias,
+        (
+            call.receiver.key,
+            OutboxCall.State.QUEUED.value,
+            model_label,
+            object_pk,
+            pack(call),
+            0,
+            "",
+            timezone.now(),
+            "",
+        ),
+    )
+
+
+#: The columns an outbox row is written with, in the order _insert takes them.
+_INSERTED = (
+    "receiver",
+    "state",
+    "model",
+    "object_pk",
+    "payload",
+    "attempts",
+    "error",
+    "created",
+    "claim",
+)
+_insert_sql: dict[str, tuple[str, bool]] = {}
+
+
+def _insert(alias: str, values: tuple[Any, ...]) -> int:
+    """One INSERT, and the row's pk: it runs inside users' save() calls, so
+    without the model's save() or bulk_create() machinery (and no model
+    signals: writing an outbox row is not the project's business)."""
+    from django_q_signals.models import OutboxCall
+
+    connection = connections[alias]
+    fields = [cast("Field[Any, Any]", OutboxCall._meta.get_field(n)) for n in _INSERTED]
+    if alias not in _insert_sql:
+        quote = connection.ops.quote_name
+        columns = ", ".join(quote(str(field.column)) for field in fields)
+        sql = (
+            f"INSERT INTO {quote(OutboxCall._meta.db_table)} ({columns}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))})"
+        )
+        returning = connection.features.can_return_columns_from_insert
+        if returning:
+            sql += f" RETURNING {quote(str(OutboxCall._meta.get_field('id').column))}"
+        _insert_sql[alias] = sql, returning
+    sql, returning = _insert_sql[alias]
+    params = [
+        field.get_db_prep_save(value, connection)
+        for field, value in zip(fields, values, strict=True)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if returning:
+            return int(cursor.fetchone()[0])
+        return int(cursor.lastrowid)  # pragma: no cover (MySQL)
+
+
+def _delete(alias: str, ids: list[int], claim: str) -> None:
+    """Delete the rows a run claimed: one DELETE, without the collector and
+    transaction that QuerySet.delete() adds for relations and signals that
+    outbox rows do not have."""
+    from django_q_signals.models import OutboxCall
+
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    claim, pk = (str(OutboxCall._meta.get_field(n).column) for n in ("claim", "id"))
+    sql = (
+        f"DELETE FROM {quote(OutboxCall._meta.db_table)} WHERE {quote(claim)} = %s "
+        f"AND {quote(pk)} IN ({', '.join(['%s'] * len(ids))})"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [claim, *ids])
 
 
 def fold(earlier: Call, later: Call) -> None:
@@ -193,15 +264,12 @@ class Claim:
 
     def succeeded(self, refs: Iterable[Ref | None]) -> None:
         """The handler returned: the calls are done, their rows go."""
-        from django_q_signals.models import OutboxCall
-
         by_alias: dict[str, list[int]] = defaultdict(list)
         for ref in refs:
             if ref in self._claimed:
                 by_alias[ref[0]].append(ref[1])
         for alias, ids in by_alias.items():
-            rows = OutboxCall.objects.using(alias).filter(pk__in=ids, claim=self.token)
-            rows.delete()
+            _delete(alias, ids, self.token)
 
     def failed(self, ref: Ref | None, error: BaseException) -> None:
         """The handler raised: keep the row, with the error and the time of
