@@ -1,11 +1,18 @@
-"""The same handler work, one UPDATE per signal, wired five ways."""
+"""The same handler work, one UPDATE per signal, wired each way."""
 
 from typing import Any
 
 from django.db.models.signals import post_save
 from django.dispatch import receiver
 
-from bench.models import BatchItem, DefaultItem, EagerItem, ManualItem
+from bench.models import (
+    BatchItem,
+    CoalesceItem,
+    DefaultItem,
+    ManualItem,
+    OutboxBatchItem,
+    OutboxItem,
+)
 from django_q_signals import async_receiver
 
 
@@ -21,11 +28,6 @@ def process_by_hand(pk: int, created: bool) -> None:
     ManualItem.objects.filter(pk=item.pk).update(processed=True)
 
 
-@async_receiver(post_save, sender=EagerItem, on_commit=False)
-def process_eagerly(instance: EagerItem, **kwargs: Any) -> None:
-    EagerItem.objects.filter(pk=instance.pk).update(processed=True)
-
-
 @async_receiver(post_save, sender=DefaultItem)
 def process(instance: DefaultItem, **kwargs: Any) -> None:
     DefaultItem.objects.filter(pk=instance.pk).update(processed=True)
@@ -34,3 +36,18 @@ def process(instance: DefaultItem, **kwargs: Any) -> None:
 @async_receiver(post_save, sender=BatchItem, batch=True)
 def process_in_batches(instance: BatchItem, **kwargs: Any) -> None:
     BatchItem.objects.filter(pk=instance.pk).update(processed=True)
+
+
+@async_receiver(post_save, sender=CoalesceItem, batch=True, coalesce=True)
+def process_coalesced(instance: CoalesceItem, **kwargs: Any) -> None:
+    CoalesceItem.objects.filter(pk=instance.pk).update(processed=True)
+
+
+@async_receiver(post_save, sender=OutboxItem, outbox=True)
+def process_from_the_outbox(instance: OutboxItem, **kwargs: Any) -> None:
+    OutboxItem.objects.filter(pk=instance.pk).update(processed=True)
+
+
+@async_receiver(post_save, sender=OutboxBatchItem, outbox=True, batch=True)
+def process_batches_from_the_outbox(instance: OutboxBatchItem, **kwargs: Any) -> None:
+    OutboxBatchItem.objects.filter(pk=instance.pk).update(processed=True)

@@ -19,13 +19,21 @@ class ManualItem(Item):
     """A plain @receiver calling async_task by hand."""
 
 
-class EagerItem(Item):
-    """@async_receiver(on_commit=False)."""
-
-
 class DefaultItem(Item):
     """@async_receiver()."""
 
 
 class BatchItem(Item):
     """@async_receiver(batch=True)."""
+
+
+class CoalesceItem(Item):
+    """@async_receiver(batch=True, coalesce=True), each row saved three times."""
+
+
+class OutboxItem(Item):
+    """@async_receiver(outbox=True)."""
+
+
+class OutboxBatchItem(Item):
+    """@async_receiver(outbox=True, batch=True)."""

@@ -1,64 +1,83 @@
-"""Benchmark: the same handler work (one UPDATE per signal) wired five ways.
+"""Benchmark: the same handler work (one UPDATE per signal) wired seven ways.
 
-    nox -s bench                      # N = 2,000 and 20,000
-    nox -s bench -- --sizes 500       # a quick run
+    nox -s bench                          # N = 2,000, 20,000 and 100,000
+    nox -s bench -- --sizes 2000          # a quick run
+    nox -s bench -- --e2e-max 100000      # unbatched modes end to end at every N
 
 For each backend (SQLite with the ORM broker; PostgreSQL with Redis when both
-answer on 127.0.0.1), each N and each scenario (all saves in one transaction,
-or each save in autocommit), it measures per mode: the request path (time per
-save, commit included, with no worker running), the tasks and bytes queued,
-and the time from the first save until a real two-worker qcluster, already
-running, has run every handler. It prints a table and writes a chart of
-signals per second to bench/results/.
+answer on 127.0.0.1) and each N, the N rows are saved in one transaction, and
+for each mode it measures:
 
-The documentation's Performance page (docs/performance.md) shows the table
-and chart of a `--sizes 2000` run; its chart is docs/_static/performance-2000.png.
+- the request path: time per save, the commit and the queuing included, with
+  no worker running (best of three at N = 2,000);
+- memory: bytes the request process holds per deferred call until the commit,
+  and its peak at the commit (tracemalloc, in a run of its own);
+- what is queued: tasks, and bytes per call;
+- end to end: from the first save until a two-worker qcluster, already
+  running, has run every handler. Unbatched modes queue a task per save, so
+  only up to --e2e-max saves (20,000 by default).
+
+The coalescing mode saves each row three times (a create and two updates):
+3N saves for N rows. It prints a table and the targets, and writes
+bench/results/results.md and bench/results/scale.png. The documentation's
+performance page shows a run of it (docs/performance.md, docs/_static/).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
+import platform
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+# mode: (model, label, saves per row)
 MODES = {
-    "floor": ("FloorItem", "no receiver (floor)"),
-    "manual": ("ManualItem", "@receiver + async_task"),
-    "eager": ("EagerItem", "async_receiver(on_commit=False)"),
-    "default": ("DefaultItem", "async_receiver()"),
-    "batch": ("BatchItem", "async_receiver(batch=True)"),
+    "floor": ("FloorItem", "no receiver (floor)", 1),
+    "manual": ("ManualItem", "@receiver + async_task", 1),
+    "default": ("DefaultItem", "async_receiver()", 1),
+    "batch": ("BatchItem", "batch=True", 1),
+    "coalesce": ("CoalesceItem", "batch=True, coalesce=True (3 saves a row)", 3),
+    "outbox": ("OutboxItem", "outbox=True", 1),
+    "outbox_batch": ("OutboxBatchItem", "outbox=True, batch=True", 1),
 }
-SCENARIOS = ("transaction", "autocommit")
+#: A task per save: end to end only up to --e2e-max saves.
+UNBATCHED = {"manual", "default", "outbox"}
 POSTGRES = "postgres://postgres@127.0.0.1:5432/django_q_signals_bench"
 REDIS = "redis://127.0.0.1:6379/14"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000, 100000])
+    parser.add_argument("--e2e-max", type=int, default=20000)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        measure(args.child, args.sizes)
+        measure(args.child, args.sizes, args.e2e_max, args.modes)
         return
     rows = []
     for backend, env in backends():
         print(f"Measuring {backend} ...", flush=True)
+        command = [sys.executable, __file__, "--child", backend, "--sizes"]
+        command += [str(n) for n in args.sizes]
+        command += ["--e2e-max", str(args.e2e_max), "--modes", *args.modes]
         child = subprocess.run(
-            [sys.executable, __file__, "--child", backend, "--sizes"]
-            + [str(n) for n in args.sizes],
+            command,
             env={**os.environ, **env},
             cwd=ROOT,
             capture_output=True,
@@ -74,7 +93,7 @@ def main() -> None:
 def backends() -> list[tuple[str, dict[str, str]]]:
     found = [("SQLite + ORM broker", {"BENCH_DB": f"{tempfile.mkdtemp()}/b.sqlite3"})]
     if answers(5432) and answers(6379):
-        create_database(POSTGRES)
+        fresh_database(POSTGRES)
         found.append(
             (
                 "PostgreSQL + Redis",
@@ -94,21 +113,19 @@ def answers(port: int) -> bool:
     return True
 
 
-def create_database(url: str) -> None:
+def fresh_database(url: str) -> None:
     import psycopg
 
     name = url.rsplit("/", 1)[1]
     with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as db:
-        if not db.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", [name]
-        ).fetchone():
-            db.execute(f'CREATE DATABASE "{name}"')
+        db.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        db.execute(f'CREATE DATABASE "{name}"')
 
 
 # --- in the child process, with Django set up for one backend ---------------
 
 
-def measure(backend: str, sizes: list[int]) -> None:
+def measure(backend: str, sizes: list[int], e2e_max: int, modes: list[str]) -> None:
     os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
     sys.path.insert(0, str(ROOT))
     import django
@@ -118,43 +135,97 @@ def measure(backend: str, sizes: list[int]) -> None:
 
     call_command("migrate", verbosity=0)
     for n in sizes:
-        for scenario in SCENARIOS:
-            for mode in MODES:
-                result = run_one(mode, n, scenario)
-                print(json.dumps({"backend": backend, **result}), flush=True)
-    print(json.dumps({"backend": backend, "reload_queries": reload_queries()}))
+        for mode in modes:
+            result = run_one(mode, n, e2e=mode not in UNBATCHED or n <= e2e_max)
+            print(json.dumps({"backend": backend, **result}), flush=True)
 
 
-def run_one(mode: str, n: int, scenario: str) -> dict[str, Any]:
-    """The request path with no worker running, then end to end with one."""
+def run_one(mode: str, n: int, *, e2e: bool) -> dict[str, Any]:
     from django.apps import apps
 
     model = apps.get_model("bench", MODES[mode][0])
+    saves = MODES[mode][2]
+    held, peak = memory(model, n, saves)
     # Best of three where a run is short: one run is at the mercy of the
     # machine's other work.
-    trials = 3 if scenario == "transaction" else 1
-    request = min(save(model, n, scenario) for _ in range(trials))
+    trials = 3 if n <= 2000 else 1
+    request = min(save(model, n, saves) for _ in range(trials))
     tasks, size = queued()
-    end_to_end = request
-    if mode != "floor":
-        processed = model.objects.filter(processed=True)
-        # Nothing of the first run may reach the worker.
-        model.objects.all().delete()
-        purge_queue()
-        with running_worker():
-            started = time.perf_counter()
-            save(model, n, scenario)
-            end_to_end, missed = wait_for_handlers(processed, n, started)
-    return {
+    result = {
         "mode": mode,
         "n": n,
-        "scenario": scenario,
-        "per_save_us": request / n * 1e6,
+        "signals": n * saves,
+        "per_save_us": request / (n * saves) * 1e6,
+        "held_per_call": held,
+        "peak_per_call": peak,
         "tasks": tasks,
         "bytes": size,
-        "end_to_end_s": end_to_end,
-        "missed": missed if mode != "floor" else 0,
+        "end_to_end_s": None,
+        "missed": 0,
     }
+    if not e2e:
+        return result
+    if mode == "floor":
+        result["end_to_end_s"] = request
+        return result
+    processed = model.objects.filter(processed=True)
+    clear(model)
+    with running_worker():
+        started = time.perf_counter()
+        save(model, n, saves)
+        result["end_to_end_s"], result["missed"] = wait_for_handlers(
+            processed, n, started
+        )
+    return result
+
+
+def save(model: Any, n: int, saves: int) -> float:
+    """Save ``n`` rows (each ``saves`` times) in one transaction, on an empty
+    table and queue; the seconds it took, the commit included."""
+    from django.db import transaction
+
+    clear(model)
+    started = time.perf_counter()
+    with transaction.atomic():
+        _saves(model, n, saves)
+    return time.perf_counter() - started
+
+
+def _saves(model: Any, n: int, saves: int) -> None:
+    items = [model.objects.create(n=i) for i in range(n)]
+    for _ in range(saves - 1):
+        for item in items:
+            item.n += 1
+            item.save(update_fields=["n"])
+
+
+def memory(model: Any, n: int, saves: int) -> tuple[float, float]:
+    """Bytes held per deferred call just before the commit, and the peak at
+    the commit, per call."""
+    from django.db import transaction
+
+    clear(model)
+    gc.collect()
+    tracemalloc.start()
+    with transaction.atomic():
+        model.objects.create(n=-1)  # warm: caches, the first group
+        gc.collect()
+        base = tracemalloc.get_traced_memory()[0]
+        _saves(model, n, saves)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.reset_peak()
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    return held / n, max(peak, held) / n
+
+
+def clear(model: Any) -> None:
+    from django_q_signals.models import OutboxCall
+
+    model._base_manager.all().delete()
+    OutboxCall.objects.all().delete()
+    purge_queue()
 
 
 def wait_for_handlers(processed: Any, n: int, started: float) -> tuple[float, int]:
@@ -172,23 +243,6 @@ def wait_for_handlers(processed: Any, n: int, started: float) -> tuple[float, in
         elif time.perf_counter() - changed > 5 and queued()[0] == 0:
             break
     return changed - started, n - done
-
-
-def save(model: Any, n: int, scenario: str) -> float:
-    """Save ``n`` rows on an empty table and queue; the seconds it took."""
-    from django.db import transaction
-
-    model.objects.all().delete()
-    purge_queue()
-    started = time.perf_counter()
-    if scenario == "transaction":
-        with transaction.atomic():
-            for i in range(n):
-                model.objects.create(n=i)
-    else:
-        for i in range(n):
-            model.objects.create(n=i)
-    return time.perf_counter() - started
 
 
 def purge_queue() -> None:
@@ -246,143 +300,211 @@ def running_worker() -> Iterator[None]:
             log.close()
 
 
-def reload_queries() -> int:
-    """SELECTs the worker runs to reload one batch of 500 calls."""
-    from django.db import connection, transaction
-    from django.test.utils import CaptureQueriesContext
-    from django_q.signing import SignedPackage
-
-    from bench.models import BatchItem
-    from django_q_signals.worker import run_batch
-
-    BatchItem.objects.all().delete()
-    purge_queue()
-    with transaction.atomic():
-        for i in range(500):
-            BatchItem.objects.create(n=i)
-    from django_q.conf import Conf
-    from django_q.models import OrmQ
-
-    if Conf.ORM:
-        pack = OrmQ.objects.using(Conf.ORM).get().payload
-    else:
-        from django_q.brokers import get_broker
-
-        broker = get_broker()
-        pack = broker.connection.lpop(broker.list_key)
-    task = SignedPackage.loads(pack)
-    with CaptureQueriesContext(connection) as queries:
-        run_batch(*task["args"])
-    return sum(q["sql"].lstrip().upper().startswith("SELECT") for q in queries)
-
-
-# --- in the parent: the table and the chart ---------------------------------
+# --- in the parent: the table, the targets and the chart ---------------------
 
 
 COLUMNS = (
     "backend",
     "N",
-    "scenario",
     "mode",
     "request path per save",
+    "held per call",
+    "peak per call",
     "tasks",
-    "bytes queued",
+    "bytes per call",
     "end to end",
-    "signals/s end to end",
-    "rows never processed",
+    "signals/s",
+    "never processed",
 )
 
 
 def report(rows: list[dict[str, Any]]) -> None:
-    runs = [row for row in rows if "mode" in row]
     lines = [
         f"| {' | '.join(COLUMNS)} |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in runs:
+    for row in rows:
+        e2e = row["end_to_end_s"]
         cells = [
             row["backend"],
             f"{row['n']:,}",
-            row["scenario"],
             MODES[row["mode"]][1],
             f"{row['per_save_us']:.0f} µs",
+            f"{row['held_per_call']:.0f} B",
+            f"{row['peak_per_call']:.0f} B",
             f"{row['tasks']:,}",
-            f"{row['bytes']:,}",
-            f"{row['end_to_end_s']:.2f} s",
-            f"{row['n'] / row['end_to_end_s']:,.0f}",
+            f"{row['bytes'] / row['signals']:.0f} B",
+            "-" if e2e is None else f"{e2e:.2f} s",
+            "-" if e2e is None else f"{row['signals'] / e2e:,.0f}",
             f"{row['missed']:,}",
         ]
         lines.append(f"| {' | '.join(cells)} |")
+    machine = describe_machine()
     print("\n".join(lines))
-    for row in rows:
-        if "reload_queries" in row:
-            print(
-                f"\n{row['backend']}: the worker reloads a batch of 500 calls' rows "
-                f"with {row['reload_queries']} query(s)."
-            )
+    print(f"\n{machine}")
     print("\nTargets:")
-    for line in targets(runs):
+    checked = targets(rows)
+    for line in checked:
         print(f"- {line}")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "results.md").write_text("\n".join(lines) + "\n")
-    chart(runs, RESULTS / "signals-per-second.png")
-    print(f"\nWrote {RESULTS / 'results.md'} and {RESULTS / 'signals-per-second.png'}")
+    text = "\n".join(
+        [*lines, "", machine, "", "Targets:", *(f"- {t}" for t in checked)]
+    )
+    (RESULTS / "results.md").write_text(text + "\n")
+    chart(rows, RESULTS / "scale.png")
+    print(f"\nWrote {RESULTS / 'results.md'} and {RESULTS / 'scale.png'}")
 
 
-def targets(runs: list[dict[str, Any]]) -> list[str]:
-    by = {(r["backend"], r["n"], r["scenario"], r["mode"]): r for r in runs}
-    out = []
-    for backend, n, scenario in sorted({key[:3] for key in by}):
-        run = {mode: by[backend, n, scenario, mode] for mode in MODES}
-        where = f"{backend}, {n:,} saves, {scenario}"
-        default = run["default"]["per_save_us"] / run["manual"]["per_save_us"]
-        batch = run["batch"]["per_save_us"] / run["floor"]["per_save_us"]
-        out.append(
-            f"{where}: default request path {default:.2f}x hand-written async_task "
-            f"({'met' if default <= 1.15 else 'NOT met'}: within 1.15x); batch=True "
-            f"{batch:.2f}x the floor ({'met' if batch <= 2 else 'NOT met'}: within 2x)"
-        )
-        if scenario == "transaction":
-            speedup = run["manual"]["end_to_end_s"] / run["batch"]["end_to_end_s"]
-            out.append(
-                f"{where}: batch=True end to end {speedup:.1f}x hand-written "
-                f"async_task ({'met' if speedup >= 10 else 'NOT met'}: at least 10x)"
+def describe_machine() -> str:
+    from importlib.metadata import version
+
+    import django
+
+    return (
+        f"Measured on {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"Django {django.get_version()}, Django Q2 {version('django-q2')}, "
+        f"django-q-signals {version('django-q-signals')}."
+    )
+
+
+def targets(rows: list[dict[str, Any]]) -> list[str]:
+    by = {(r["backend"], r["n"], r["mode"]): r for r in rows}
+    out: list[str] = []
+
+    def check(text: str, value: float, limit: float, *, most: bool = True) -> None:
+        met = value <= limit if most else value >= limit
+        out.append(f"{text}: {value:.2f} ({'met' if met else 'NOT met'})")
+
+    def have(*keys: tuple[str, int, str]) -> bool:
+        return all(key in by for key in keys)
+
+    for backend in sorted({r["backend"] for r in rows}):
+        sizes = sorted({r["n"] for r in rows if r["backend"] == backend})
+        small, large = sizes[0], sizes[-1]
+        for mode, base in (("outbox", "default"), ("outbox_batch", "batch")):
+            keys = ((backend, small, mode), (backend, small, base))
+            if not have(*keys):
+                continue
+            mine, theirs = by[keys[0]], by[keys[1]]
+            check(
+                f"{backend}, {small:,}: {MODES[mode][1]} request path / {MODES[base][1]}"
+                " (at most 1.5x)",
+                mine["per_save_us"] / theirs["per_save_us"],
+                1.5,
             )
+            if mine["end_to_end_s"] and theirs["end_to_end_s"]:
+                check(
+                    f"{backend}, {small:,}: {MODES[mode][1]} end to end / "
+                    f"{MODES[base][1]} (at most 1.3x)",
+                    mine["end_to_end_s"] / theirs["end_to_end_s"],
+                    1.3,
+                )
+        for mode in MODES:
+            keys = ((backend, small, mode), (backend, large, mode))
+            if mode == "floor" or large == small or not have(*keys):
+                continue
+            first, last = by[keys[0]], by[keys[1]]
+            check(
+                f"{backend}: {MODES[mode][1]} request path per save, {large:,} / "
+                f"{small:,} (at most 1.2x)",
+                last["per_save_us"] / first["per_save_us"],
+                1.2,
+            )
+            if first["bytes"] and mode != "manual":
+                check(
+                    f"{backend}: {MODES[mode][1]} bytes per call, {large:,} / "
+                    f"{small:,} (at most 1.2x)",
+                    (last["bytes"] / last["signals"])
+                    / (first["bytes"] / first["signals"]),
+                    1.2,
+                )
+        for n in sizes:
+            for mode in ("default", "batch"):
+                if have((backend, n, mode)):
+                    check(
+                        f"{backend}, {n:,}: {MODES[mode][1]} bytes held per deferred "
+                        "call (at most 300)",
+                        by[backend, n, mode]["held_per_call"],
+                        300,
+                    )
+            if have((backend, n, "batch"), (backend, n, "floor")):
+                batch, floor = by[backend, n, "batch"], by[backend, n, "floor"]
+                if batch["end_to_end_s"]:
+                    check(
+                        f"{backend}, {n:,}: batch=True end to end / the floor "
+                        "(at most 1.3x)",
+                        batch["end_to_end_s"] / floor["end_to_end_s"],
+                        1.3,
+                    )
+            if have((backend, n, "coalesce"), (backend, n, "batch")):
+                three, one = by[backend, n, "coalesce"], by[backend, n, "batch"]
+                if three["end_to_end_s"] and one["end_to_end_s"]:
+                    check(
+                        f"{backend}, {n:,}: coalesce=True with 3 saves a row, end to "
+                        "end / batch=True with 1 (at most 1.2x)",
+                        three["end_to_end_s"] / one["end_to_end_s"],
+                        1.2,
+                    )
+                check(
+                    f"{backend}, {n:,}: bytes per call in a batch task (at most 100)",
+                    one["bytes"] / one["signals"],
+                    100,
+                )
+            if have((backend, n, "default"), (backend, n, "manual")):
+                mine, hand = by[backend, n, "default"], by[backend, n, "manual"]
+                check(
+                    f"{backend}, {n:,}: bytes of an unbatched task / hand-written "
+                    "(at most 1.0x)",
+                    (mine["bytes"] / mine["tasks"]) / (hand["bytes"] / hand["tasks"]),
+                    1.0,
+                )
+                if mine["end_to_end_s"] and hand["end_to_end_s"]:
+                    check(
+                        f"{backend}, {n:,}: async_receiver() end to end / hand-written "
+                        "(at most 1.0x)",
+                        mine["end_to_end_s"] / hand["end_to_end_s"],
+                        1.0,
+                    )
     return out
 
 
-def chart(runs: list[dict[str, Any]], path: Path) -> None:
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({(r["backend"], r["n"], r["scenario"]) for r in runs})
-    fig, ax = plt.subplots(figsize=(max(8, 2.2 * len(groups)), 5))
-    width = 0.8 / len(MODES)
-    for index, mode in enumerate(MODES):
-        values = [
-            next(
-                r["n"] / r["end_to_end_s"]
-                for r in runs
-                if (r["backend"], r["n"], r["scenario"], r["mode"]) == (*group, mode)
-            )
-            for group in groups
-        ]
-        ax.bar(
-            [g + index * width for g in range(len(groups))],
-            values,
-            width,
-            label=MODES[mode][1],
-        )
-    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
-    ax.set_xticklabels([f"{b}\n{n:,} saves, {s}" for b, n, s in groups], fontsize=8)
-    ax.set_yscale("log")
-    ax.set_ylabel("signals handled per second, end to end (log)")
-    ax.set_title("django-q-signals: saves until every handler has run (2 workers)")
-    ax.legend(fontsize=8)
+    backends = sorted({r["backend"] for r in rows})
+    panels = (
+        ("request path per save (µs)", lambda r: r["per_save_us"]),
+        ("bytes held per deferred call", lambda r: r["held_per_call"] or None),
+        (
+            "signals handled per second, end to end",
+            lambda r: r["signals"] / r["end_to_end_s"] if r["end_to_end_s"] else None,
+        ),
+    )
+    fig, axes = plt.subplots(
+        len(backends), len(panels), figsize=(15, 4.2 * len(backends)), squeeze=False
+    )
+    for row_axes, backend in zip(axes, backends, strict=True):
+        for ax, (title, value) in zip(row_axes, panels, strict=True):
+            for mode, (_, label, _) in MODES.items():
+                points = sorted(
+                    (r["n"], value(r))
+                    for r in rows
+                    if r["backend"] == backend and r["mode"] == mode
+                )
+                points = [(n, v) for n, v in points if v]
+                if points:
+                    ax.plot(*zip(*points, strict=True), marker="o", label=label)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("N saves in one transaction (log)")
+            ax.set_title(f"{backend}: {title}", fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":

@@ -132,9 +132,9 @@ def _delete(alias: str, ids: list[int], claim: str) -> None:
 
     connection = connections[alias]
     quote = connection.ops.quote_name
-    claim, pk = (str(OutboxCall._meta.get_field(n).column) for n in ("claim", "id"))
+    by, pk = (str(OutboxCall._meta.get_field(n).column) for n in ("claim", "id"))
     sql = (
-        f"DELETE FROM {quote(OutboxCall._meta.db_table)} WHERE {quote(claim)} = %s "
+        f"DELETE FROM {quote(OutboxCall._meta.db_table)} WHERE {quote(by)} = %s "
         f"AND {quote(pk)} IN ({', '.join(['%s'] * len(ids))})"
     )
     with connection.cursor() as cursor:
