@@ -1,7 +1,9 @@
 """The same handler work, one UPDATE per signal, wired each way."""
 
+from functools import partial
 from typing import Any
 
+from django.db import transaction
 from django.db.models.signals import post_save
 from django.dispatch import receiver
 
@@ -9,6 +11,7 @@ from bench.models import (
     BatchItem,
     CoalesceItem,
     DefaultItem,
+    InlineItem,
     ManualItem,
     OutboxBatchItem,
     OutboxItem,
@@ -16,11 +19,24 @@ from bench.models import (
 from django_q_signals import async_receiver
 
 
+@receiver(post_save, sender=InlineItem)
+def process_inline(instance: InlineItem, **kwargs: Any) -> None:
+    # The work itself, in the request, once the transaction has committed.
+    pk = instance.pk
+    transaction.on_commit(
+        lambda: InlineItem.objects.filter(pk=pk).update(processed=True)
+    )
+
+
 @receiver(post_save, sender=ManualItem)
 def queue_by_hand(instance: ManualItem, created: bool, **kwargs: Any) -> None:
     from django_q.tasks import async_task
 
-    async_task("bench.handlers.process_by_hand", instance.pk, created)
+    # Queued once the transaction has committed, as Django's docs advise:
+    # a task queued inside it could run before the row exists.
+    transaction.on_commit(
+        partial(async_task, "bench.handlers.process_by_hand", instance.pk, created)
+    )
 
 
 def process_by_hand(pk: int, created: bool) -> None:

@@ -15,6 +15,10 @@ class FloorItem(Item):
     """No receiver at all: the floor."""
 
 
+class InlineItem(Item):
+    """A plain @receiver doing the work in the request, after the commit."""
+
+
 class ManualItem(Item):
     """A plain @receiver calling async_task by hand."""
 

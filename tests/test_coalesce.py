@@ -178,3 +178,13 @@ def test_with_the_outbox_a_row_keeps_one_call(connect: Connect[Any]) -> None:
 def test_coalesce_must_be_true_or_false() -> None:
     with pytest.raises(TypeError, match="coalesce must be True or False"):
         async_receiver(custom, coalesce="yes")  # type: ignore[arg-type]
+
+
+def test_coalesce_needs_the_commit() -> None:
+    with pytest.raises(TypeError, match="cannot be combined with on_commit=False"):
+        async_receiver(custom, coalesce=True, on_commit=False)
+
+
+def test_coalesce_and_snapshot_are_refused_together() -> None:
+    with pytest.raises(TypeError, match="Choose one"):
+        async_receiver(post_save, sender=Article, coalesce=True, snapshot=True)

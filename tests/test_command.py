@@ -19,7 +19,7 @@ from django.test import override_settings
 
 from django_q_signals import _registry
 from django_q_signals._queue import BATCH_TASK, TASK
-from django_q_signals.worker import run_receiver
+from django_q_signals.worker import run_call
 from tests.conftest import Connect, Worker, custom, path, purge, queued_tasks
 from tests.handlers import probe_fails, probe_succeeds, stats_probe
 from tests.models import Article
@@ -508,7 +508,7 @@ def outbox_calls(connect: Connect[Any]) -> Callable[..., Any]:
         custom.send(sender=None, n=n)
     for task in queued_tasks():
         with contextlib.suppress(ValueError):
-            run_receiver(*task["args"])
+            run_call(*task["args"])
     purge()
     custom.send(sender=None, n=3)
     result: Callable[..., Any] = handler

@@ -123,7 +123,7 @@ def test_default_task_name_and_group_are_the_handler_path(
     path = f"{__name__}.{handler.__qualname__}"
     assert task["name"] == path
     assert task["group"] == path
-    assert task["func"] == "django_q_signals.worker.run_receiver"
+    assert task["func"] == "django_q_signals.worker.run_call"
 
 
 def test_q_options_reach_django_q2(connect: Connect[Any]) -> None:

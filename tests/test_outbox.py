@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from django_q_signals import _outbox, _relay, async_receiver, pending
 from django_q_signals.models import OutboxCall
-from django_q_signals.worker import BatchError, run_batch, run_receiver
+from django_q_signals.worker import BatchError, run_batch, run_call
 from tests.conftest import (
     Connect,
     custom,
@@ -128,8 +128,8 @@ def test_a_call_sent_twice_runs_once(
     caplog.set_level(logging.INFO, logger="django_q_signals")
     Article.objects.create(title="a")
     [task] = queued_tasks()
-    assert run_receiver(*task["args"]) is None
-    assert run_receiver(*task["args"]) is None
+    assert run_call(*task["args"]) is None
+    assert run_call(*task["args"]) is None
     assert titles == ["a"]
     assert "1 call(s) not run: another run has them, or they already ran" in (
         caplog.text
@@ -141,7 +141,7 @@ def test_a_call_claimed_by_a_live_run_runs_nothing(titles: list[str]) -> None:
     [task] = queued_tasks()
     later = timezone.now() + timedelta(minutes=1)
     OutboxCall.objects.update(state=State.RUNNING, due=later, claim="x" * 32)
-    run_receiver(*task["args"])
+    run_call(*task["args"])
     assert titles == []
     assert states() == [State.RUNNING]
 
@@ -152,7 +152,7 @@ def test_a_call_whose_claim_expired_runs_again(titles: list[str]) -> None:
     [task] = queued_tasks()
     earlier = timezone.now() - timedelta(seconds=1)
     OutboxCall.objects.update(state=State.RUNNING, due=earlier, attempts=1)
-    run_receiver(*task["args"])
+    run_call(*task["args"])
     assert titles == ["a"]
     assert states() == []
 
@@ -184,7 +184,7 @@ def test_a_failed_call_keeps_its_error(connect: Connect[Any]) -> None:
     custom.send(sender=None)
     [task] = queued_tasks()
     with pytest.raises(RuntimeError, match="no luck"):
-        run_receiver(*task["args"])
+        run_call(*task["args"])
     [row] = OutboxCall.objects.all()
     assert (row.state, row.attempts, row.due) == (State.FAILED, 1, None)
     assert row.error.endswith("RuntimeError: no luck")

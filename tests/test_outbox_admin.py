@@ -12,7 +12,7 @@ from django.db.models.signals import post_save
 from django.test import Client
 
 from django_q_signals.models import OutboxCall
-from django_q_signals.worker import run_receiver
+from django_q_signals.worker import run_call
 from tests.conftest import Connect, path, purge, queued_tasks
 from tests.models import Article
 
@@ -42,7 +42,7 @@ def failed_calls(connect: Connect[Any]) -> list[OutboxCall]:
         Article.objects.create(title=title)
     for task in queued_tasks():
         with contextlib.suppress(ValueError):
-            run_receiver(*task["args"])
+            run_call(*task["args"])
     purge()
     return list(OutboxCall.objects.order_by("pk"))
 

@@ -14,7 +14,7 @@ from django.contrib.auth.models import User
 from django.db.models.signals import post_save
 
 from django_q_signals.models import OutboxCall
-from django_q_signals.worker import run_receiver
+from django_q_signals.worker import run_call
 from tests.conftest import Connect, purge, queued_tasks
 from tests.models import Article
 
@@ -69,7 +69,7 @@ def outbox(connect: Connect[Any]) -> None:
         Article.objects.create(title=title)
     for task in queued_tasks():
         with contextlib.suppress(ValueError):
-            run_receiver(*task["args"])
+            run_call(*task["args"])
     purge()
     Article.objects.create(title="third")
 

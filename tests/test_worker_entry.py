@@ -9,7 +9,7 @@ import pytest
 
 from django_q_signals import _payload
 from django_q_signals._registry import get_receiver
-from django_q_signals.worker import run_receiver
+from django_q_signals.worker import run_call
 from tests.conftest import Connect, custom, queued_tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -51,7 +51,7 @@ def test_a_payload_it_cannot_use_is_refused(
     data: Any, error: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with pytest.raises((ValueError, LookupError), match=error):
-        run_receiver(data)
+        run_call(data)
     assert caplog.records[-1].levelno == logging.ERROR
     assert caplog.records[-1].getMessage() == "Refused a queued signal"
 
@@ -61,7 +61,7 @@ def test_a_module_that_cannot_be_imported_is_logged(
 ) -> None:
     data = (_payload.FORMAT, "no_such_module.handler", "default", NO_VALUES)
     with pytest.raises(LookupError):
-        run_receiver(data)
+        run_call(data)
     assert caplog.records[0].getMessage() == (
         "No module of no_such_module.handler could be imported"
     )
@@ -74,7 +74,7 @@ def test_a_module_that_fails_to_import_is_logged_with_its_error(
     monkeypatch.syspath_prepend(str(tmp_path))
     data = (_payload.FORMAT, "broken_handlers.handler", "default", NO_VALUES)
     with pytest.raises(LookupError):
-        run_receiver(data)
+        run_call(data)
     first = caplog.records[0]
     assert first.getMessage() == (
         "Could not import broken_handlers to find receiver broken_handlers.handler"
@@ -82,14 +82,14 @@ def test_a_module_that_fails_to_import_is_logged_with_its_error(
     assert first.exc_info is not None
 
 
-def test_run_receiver_returns_what_the_handler_returns(connect: Connect[Any]) -> None:
+def test_run_call_returns_what_the_handler_returns(connect: Connect[Any]) -> None:
     @connect(custom)
     def handler(n: int, **kwargs: Any) -> int:
         return n * 2
 
     custom.send(sender=None, n=21)
     [task] = queued_tasks()
-    assert run_receiver(*task["args"]) == 42
+    assert run_call(*task["args"]) == 42
 
 
 class TwoArguments(Exception):
@@ -107,4 +107,4 @@ def test_a_call_that_cannot_be_unpickled_names_its_receiver(
     custom.send(sender=None, error=TwoArguments(1, "broken"))
     [task] = queued_tasks()
     with pytest.raises(ValueError, match=r"A call to .*handler failed: Could not "):
-        run_receiver(*task["args"])
+        run_call(*task["args"])

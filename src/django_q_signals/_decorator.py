@@ -63,8 +63,7 @@ def async_receiver(
     _check_sender(sender)
     _check_on_commit(on_commit)
     _check_batch(batch)
-    if not isinstance(coalesce, bool):
-        raise TypeError(f"coalesce must be True or False, not {coalesce!r}.")
+    _check_coalesce(coalesce, on_commit, snapshot)
     options = _check_q_options(q_options)
     related = _check_lookups("select_related", select_related)
     prefetched = _check_lookups("prefetch_related", prefetch_related)
@@ -182,6 +181,22 @@ def _names_a_model(sender: Any) -> bool:
 def _check_on_commit(on_commit: bool | None) -> None:
     if not (on_commit is None or isinstance(on_commit, bool)):
         raise TypeError(f"on_commit must be True, False or None, not {on_commit!r}.")
+
+
+def _check_coalesce(coalesce: bool, on_commit: bool | None, snapshot: bool) -> None:
+    if not isinstance(coalesce, bool):
+        raise TypeError(f"coalesce must be True or False, not {coalesce!r}.")
+    if coalesce and on_commit is False:
+        raise TypeError(
+            "coalesce=True merges the calls of one commit: it cannot be combined "
+            "with on_commit=False, which queues each call at once."
+        )
+    if coalesce and snapshot:
+        raise TypeError(
+            "coalesce=True keeps one call per row, reloaded in the worker; "
+            "snapshot=True passes each call the row as it was at its signal. "
+            "Choose one."
+        )
 
 
 def _check_outbox(

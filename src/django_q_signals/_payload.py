@@ -453,6 +453,7 @@ class Rows:
 
     def __init__(self, receiver: Receiver, batch: list[Arguments]) -> None:
         self._receiver = receiver
+        self._keys: dict[tuple[str, str, str | None], tuple[str, str, bool]] = {}
         wanted: dict[tuple[str, str, bool], set[Any]] = {}
         # How many calls still want each row: all but the last get a copy.
         self._uses: Counter[tuple[tuple[str, str, bool], Any]] = Counter()
@@ -468,19 +469,30 @@ class Rows:
         self._found = {key: self._load(key, pks) for key, pks in wanted.items()}
 
     def _key(self, name: str, row: Row) -> tuple[str, str, bool]:
+        """Which query loads ``row``: its model, database, and whether with
+        the receiver's relations."""
+        try:
+            return self._keys[name, row.label, row.db]
+        except KeyError:
+            pass
         model = apps.get_model(row.label)
         db = row.db or router.db_for_read(model)
         # The relations apply to the model they were written for only: an
         # m2m_changed from the other side sends an instance of the other model.
         related = name == "instance" and model is self._receiver.related_model
-        return row.label, db, related
+        key = self._keys[name, row.label, row.db] = (row.label, db, related)
+        return key
 
     def _load(self, key: tuple[str, str, bool], pks: set[Any]) -> dict[Any, Model]:
         label, db, related = key
         model = apps.get_model(label)
         # A pk no row can have (a value of the wrong type) finds no row.
-        pks = {pk for pk in pks if _can_be_stored(model._meta.pk, pk)}
-        queryset = model._base_manager.using(db).filter(pk__in=list(pks))
+        found = [pk for pk in pks if _can_be_stored(model._meta.pk, pk)]
+        queryset = model._base_manager.using(db)
+        if len(found) == 1:
+            queryset = queryset.filter(pk=found[0])  # A cheaper query to build.
+        else:
+            queryset = queryset.filter(pk__in=found)
         if related:
             receiver = self._receiver
             if receiver.select_related:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("django_q_signals")
 
 #: The functions a worker runs for a task: one call, or a batch of calls.
-TASK = "django_q_signals.worker.run_receiver"
+TASK = "django_q_signals.worker.run_call"
 BATCH_TASK = "django_q_signals.worker.run_batch"
 
 #: Where ``django_q_signals.testing`` sends calls instead of the broker; the

@@ -1,6 +1,6 @@
 """The tasks Django Q2 workers run for queued signals.
 
-Their dotted paths, ``django_q_signals.worker.run_receiver`` (one call) and
+Their dotted paths, ``django_q_signals.worker.run_call`` (one call) and
 ``django_q_signals.worker.run_batch`` (a batch), are stored in every queued
 task; ``django_q_signals.worker.relay`` in the outbox's schedule.
 """
@@ -29,7 +29,7 @@ from django_q_signals._registry import Receiver, get_receiver
 logger = logging.getLogger("django_q_signals")
 
 
-def run_receiver(payload: Any, outbox: Ref | None = None) -> Any:
+def run_call(payload: Any, outbox: Ref | None = None) -> Any:
     """Rebuild a queued signal's arguments and call its handler.
 
     ``outbox``: where the call's outbox row is. The row is claimed first, and
