@@ -175,6 +175,25 @@ def test_capture_calls_keeps_the_calls_instead_of_queuing_them(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_helper_gets_the_calls_of_the_commits_inside_its_block(
+    titles: list[tuple[str | None, bool]],
+) -> None:
+    with transaction.atomic():
+        Article.objects.create(title="before the block")
+        with capture_calls() as calls:
+            Article.objects.create(title="in the block")
+        # The transaction has not committed: nothing was queued yet.
+        assert list(calls) == []
+    # Queued at the commit, as usual, after the block ended.
+    assert len(queued_tasks()) == 2
+    with capture_calls() as calls, transaction.atomic():
+        Article.objects.create(title="in a transaction in the block")
+    assert [call.kwargs["instance"].title for call in calls] == [
+        "in a transaction in the block"
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_captured_calls_run_later_with_the_data_of_then(
     titles: list[tuple[str | None, bool]],
 ) -> None:

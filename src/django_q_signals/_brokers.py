@@ -85,19 +85,16 @@ def _write_orm(key: str, packs: list[str], calls: list[Call]) -> None:
     # connections (and with them other aliases' open transactions) each time
     # it is created or enqueues.
     from django_q.conf import Conf
-    from django_q.models import OrmQ
 
-    now = timezone.now()
-    rows = [OrmQ(key=key, payload=pack, lock=now) for pack in packs]
     committed = any(not _in_transaction(call.alias) for call in calls)
     broker_db = transaction.get_connection(Conf.ORM)
     if not (committed and broker_db.in_atomic_block):
-        OrmQ.objects.using(Conf.ORM).bulk_create(rows)
+        _insert_orm_tasks(Conf.ORM, key, packs)
     elif broker_db.vendor != "sqlite":
         # These calls' transaction has committed, but one is open on the
         # broker's database: its rollback must not take them back.
         with _separate_connection(Conf.ORM):
-            OrmQ.objects.using(Conf.ORM).bulk_create(rows)
+            _insert_orm_tasks(Conf.ORM, key, packs)
     else:
         # SQLite has one writer at a time: a second connection would wait
         # for the open transaction, so the calls join it.
@@ -107,7 +104,28 @@ def _write_orm(key: str, packs: list[str], calls: list[Call]) -> None:
             ", ".join(map(str, calls)),
             Conf.ORM,
         )
-        OrmQ.objects.using(Conf.ORM).bulk_create(rows)
+        _insert_orm_tasks(Conf.ORM, key, packs)
+
+
+def _insert_orm_tasks(alias: str, key: str, packs: list[str]) -> None:
+    """Rows of Django Q2's ORM broker queue, as its ``enqueue`` writes them:
+    one INSERT run for all of them, without building a model instance each."""
+    from django_q.models import OrmQ
+
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    fields = [OrmQ._meta.get_field(name) for name in ("key", "payload", "lock")]
+    sql = (
+        f"INSERT INTO {quote(OrmQ._meta.db_table)} "
+        f"({', '.join(quote(str(field.column)) for field in fields)}) "
+        "VALUES (%s, %s, %s)"
+    )
+    key_value, lock = (
+        field.get_db_prep_save(value, connection)
+        for field, value in ((fields[0], key), (fields[2], timezone.now()))
+    )
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, [(key_value, pack, lock) for pack in packs])
 
 
 def _in_transaction(alias: str) -> bool:

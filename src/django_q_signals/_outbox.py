@@ -63,65 +63,69 @@ def write(call: Call, replacing: Call | None = None) -> None:
         concrete = model._meta.concrete_model or model
         model_label, object_pk = concrete._meta.label, canonical_pk(instance[1])
     call.outbox_id = _insert(
-        alias,
-        (
-            call.receiver.key,
-            OutboxCall.State.QUEUED.value,
-            model_label,
-            object_pk,
-            pack(call),
-            0,
-            "",
-            timezone.now(),
-            "",
-        ),
+        alias, call.receiver.key, model_label, object_pk, pack(call)
     )
 
 
-#: The columns an outbox row is written with, in the order _insert takes them.
-_INSERTED = (
-    "receiver",
-    "state",
-    "model",
-    "object_pk",
-    "payload",
-    "attempts",
-    "error",
-    "created",
-    "claim",
-)
-_insert_sql: dict[str, tuple[str, bool]] = {}
+#: Per database: the INSERT of an outbox row, whether it returns the pk, and
+#: the values of its constant columns, ready for the database.
+_inserts: dict[str, tuple[str, bool, list[Any]]] = {}
 
 
-def _insert(alias: str, values: tuple[Any, ...]) -> int:
+def _insert(
+    alias: str, receiver: str, model_label: str, object_pk: str, payload: bytes
+) -> int:
     """One INSERT, and the row's pk: it runs inside users' save() calls, so
     without the model's save() or bulk_create() machinery (and no model
     signals: writing an outbox row is not the project's business)."""
     from django_q_signals.models import OutboxCall
 
     connection = connections[alias]
-    fields = [cast("Field[Any, Any]", OutboxCall._meta.get_field(n)) for n in _INSERTED]
-    if alias not in _insert_sql:
+    if alias not in _inserts:
+        constants = {
+            "state": OutboxCall.State.QUEUED.value,
+            "attempts": 0,
+            "error": "",
+            "claim": "",
+        }
+        names = ["receiver", "model", "object_pk", "payload", "created", *constants]
         quote = connection.ops.quote_name
-        columns = ", ".join(quote(str(field.column)) for field in fields)
         sql = (
-            f"INSERT INTO {quote(OutboxCall._meta.db_table)} ({columns}) "
-            f"VALUES ({', '.join(['%s'] * len(fields))})"
+            f"INSERT INTO {quote(OutboxCall._meta.db_table)} "
+            f"({', '.join(quote(_column(OutboxCall, name)) for name in names)}) "
+            f"VALUES ({', '.join(['%s'] * len(names))})"
         )
         returning = connection.features.can_return_columns_from_insert
         if returning:
-            sql += f" RETURNING {quote(str(OutboxCall._meta.get_field('id').column))}"
-        _insert_sql[alias] = sql, returning
-    sql, returning = _insert_sql[alias]
+            sql += f" RETURNING {quote(_column(OutboxCall, 'id'))}"
+        prepared = [
+            _field(OutboxCall, name).get_db_prep_save(value, connection)
+            for name, value in constants.items()
+        ]
+        _inserts[alias] = sql, returning, prepared
+    sql, returning, constant_values = _inserts[alias]
+    # What BinaryField and DateTimeField would give the database, directly.
     params = [
-        field.get_db_prep_save(value, connection)
-        for field, value in zip(fields, values, strict=True)
+        receiver,
+        model_label,
+        object_pk,
+        connection.Database.Binary(payload),
+        connection.ops.adapt_datetimefield_value(timezone.now()),
+        *constant_values,
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         if returning:
             return int(cursor.fetchone()[0])
         return int(cursor.lastrowid)  # pragma: no cover (MySQL)
+
+
+def _field(model: type[Model], name: str) -> Field[Any, Any]:
+    return cast("Field[Any, Any]", model._meta.get_field(name))
+
+
+def _column(model: type[Model], name: str) -> str:
+    return str(_field(model, name).column)
 
 
 def _delete(alias: str, ids: list[int], claim: str) -> None:
@@ -132,7 +136,7 @@ def _delete(alias: str, ids: list[int], claim: str) -> None:
 
     connection = connections[alias]
     quote = connection.ops.quote_name
-    by, pk = (str(OutboxCall._meta.get_field(n).column) for n in ("claim", "id"))
+    by, pk = (_column(OutboxCall, name) for name in ("claim", "id"))
     sql = (
         f"DELETE FROM {quote(OutboxCall._meta.db_table)} WHERE {quote(by)} = %s "
         f"AND {quote(pk)} IN ({', '.join(['%s'] * len(ids))})"
