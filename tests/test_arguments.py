@@ -336,6 +336,53 @@ def test_non_model_senders_arrive_as_sent(connect: Connect[Any], sender: Any) ->
     assert received == [sender]
 
 
+def test_a_string_sender_that_reads_like_a_label_arrives_as_sent(
+    connect: Connect[Any],
+) -> None:
+    received = []
+
+    @connect(custom)
+    def handler(sender: Any, instance: Article, **kwargs: Any) -> None:
+        received.append((sender, instance))
+
+    article = Article.objects.create(title="a")
+    custom.send(sender="tests.Article", instance=article)
+    run_queued()
+
+    assert received == [("tests.Article", article)]
+
+
+class Local(datetime.tzinfo):
+    """A time zone defined where pickle cannot find it."""
+
+    def utcoffset(self, dt: datetime.datetime | None) -> datetime.timedelta:
+        return datetime.timedelta(hours=1)
+
+    def dst(self, dt: datetime.datetime | None) -> datetime.timedelta:
+        return datetime.timedelta(0)
+
+
+def test_a_datetime_whose_time_zone_cannot_be_pickled_is_left_out_alone(
+    connect: Connect[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    received = []
+
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        received.append(kwargs)
+
+    local = type("Local", (Local,), {"__qualname__": "nowhere.Local"})()
+    when = datetime.datetime(2026, 1, 1, tzinfo=local)
+    in_utc = datetime.datetime(2026, 1, 1, tzinfo=UTC)
+    custom.send(sender=None, when=when, also=in_utc)
+    run_queued()
+
+    [kwargs] = received
+    assert "when" not in kwargs
+    assert kwargs["also"] == in_utc
+    assert "'when' cannot be pickled" in caplog.text
+
+
 def test_model_class_sender_arrives_as_the_class(connect: Connect[Any]) -> None:
     received = []
 

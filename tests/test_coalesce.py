@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
+from django.dispatch import Signal
 
 from django_q_signals import async_receiver
 from django_q_signals.models import OutboxCall
 from tests.conftest import Connect, custom, queued_tasks, rolled_back, run_queued
-from tests.models import Article, Author
+from tests.models import Article, Author, ProxyArticle
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -173,6 +175,99 @@ def test_with_the_outbox_a_row_keeps_one_call(connect: Connect[Any]) -> None:
     assert len(queued_tasks()) == 1
     run_queued()
     assert OutboxCall.objects.count() == 0
+
+
+def test_folding_outbox_rows_sends_no_model_signals(connect: Connect[Any]) -> None:
+    @connect(post_save, sender=Article, coalesce=True, outbox=True)
+    def reindex(**kwargs: Any) -> None:
+        pass
+
+    deleted: list[Any] = []
+
+    def any_delete(sender: Any, **kwargs: Any) -> None:
+        deleted.append(sender)
+
+    post_delete.connect(any_delete)  # every model's deletes
+    try:
+        with transaction.atomic():
+            article = Article.objects.create(title="a")
+            article.save()
+            assert OutboxCall.objects.count() == 1
+    finally:
+        post_delete.disconnect(any_delete)
+    assert deleted == []
+
+
+def test_a_savepoint_at_the_end_is_not_merged_and_both_calls_run(
+    seen: list[Seen],
+) -> None:
+    with transaction.atomic():
+        article = Article.objects.create(title="a")
+        with transaction.atomic():
+            article.title = "b"
+            article.save(update_fields=["title"])
+    run_queued()
+    # No later call merged them: each ran, none was lost.
+    assert seen == [
+        ("post_save", "b", True, None),
+        ("post_save", "b", False, frozenset({"title"})),
+    ]
+
+
+def test_a_fold_a_newer_savepoint_could_undo_waits(connect: Connect[Any]) -> None:
+    ran: list[int] = []
+
+    @connect(post_save, sender=Article, coalesce=True, outbox=True)
+    def reindex(instance: Article, **kwargs: Any) -> None:
+        ran.append(instance.pk)
+
+    with transaction.atomic():
+        article = Article.objects.create(title="a")
+        with transaction.atomic():
+            article.save()
+        with rolled_back():
+            # The two calls above are not folded in here: the rollback would
+            # take the outbox writes back, not the merge.
+            Article.objects.create(title="rolled back")
+    assert OutboxCall.objects.filter(state="sent").count() == 2
+    run_queued()
+    assert ran == [article.pk, article.pk]
+    assert OutboxCall.objects.count() == 0
+
+
+def test_a_proxy_and_its_model_are_one_row(connect: Connect[Any]) -> None:
+    seen: list[str] = []
+
+    @connect(post_save, coalesce=True)
+    def reindex(sender: Any, **kwargs: Any) -> None:
+        seen.append(sender.__name__)
+
+    with transaction.atomic():
+        article = Article.objects.create(title="a")
+        ProxyArticle.objects.get(pk=article.pk).save()
+    run_queued()
+    assert seen == ["ProxyArticle"]
+
+
+changed = Signal()
+
+
+def test_only_saves_merge_created_and_update_fields(connect: Connect[Any]) -> None:
+    seen: list[dict[str, Any]] = []
+
+    @connect(changed, sender=Article, coalesce=True)
+    def handler(**kwargs: Any) -> None:
+        seen.append(kwargs)
+
+    article = Article.objects.create(title="a")
+    at = datetime(2026, 1, 1)
+    with transaction.atomic():
+        # A signal of the project's own may mean other things by these names.
+        changed.send(sender=Article, instance=article, created=at, update_fields=["a"])
+        changed.send(sender=Article, instance=article, created=at, update_fields=["b"])
+    run_queued()
+    [kwargs] = seen
+    assert (kwargs["created"], kwargs["update_fields"]) == (at, ["b"])
 
 
 def test_coalesce_must_be_true_or_false() -> None:

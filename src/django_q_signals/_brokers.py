@@ -1,6 +1,6 @@
 """Writing signed tasks to Django Q2's broker, several in one write.
 
-The ORM broker gets one ``bulk_create``, Redis one ``RPUSH``, any other
+The ORM broker gets one ``executemany`` INSERT, Redis one ``RPUSH``, any other
 broker its own ``enqueue`` per task.
 
 A network broker that fails costs a request at most about a second: Redis is

@@ -16,12 +16,17 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from django.apps import apps
 from django.db import connections, router
 from django.db.models import F, Q
 from django.utils import timezone
 
-from django_q_signals._payload import Call, canonical_pk, read, saved_pk
+from django_q_signals._payload import (
+    Call,
+    canonical_pk,
+    concrete_label,
+    read,
+    saved_pk,
+)
 
 if TYPE_CHECKING:
     from django.db.models import Field, Model, QuerySet
@@ -59,9 +64,7 @@ def write(call: Call, replacing: Call | None = None) -> None:
     model_label = object_pk = ""
     instance = call.instance_row()
     if instance is not None:
-        model = apps.get_model(instance[0])
-        concrete = model._meta.concrete_model or model
-        model_label, object_pk = concrete._meta.label, canonical_pk(instance[1])
+        model_label, object_pk = concrete_label(instance[0]), canonical_pk(instance[1])
     call.outbox_id = _insert(
         alias, call.receiver.key, model_label, object_pk, pack(call)
     )
@@ -81,6 +84,13 @@ def _insert(
     from django_q_signals.models import OutboxCall
 
     connection = connections[alias]
+    if connection.vendor not in ("postgresql", "sqlite", "mysql"):  # pragma: no cover
+        # Oracle and third-party backends: their own SQL, through the ORM.
+        row = OutboxCall(
+            receiver=receiver, model=model_label, object_pk=object_pk, payload=payload
+        )
+        row.save(using=alias)
+        return int(row.pk)
     if alias not in _inserts:
         constants = {
             "state": OutboxCall.State.QUEUED.value,
@@ -109,7 +119,7 @@ def _insert(
         receiver,
         model_label,
         object_pk,
-        connection.Database.Binary(payload),
+        cast("Any", connection).Database.Binary(payload),
         connection.ops.adapt_datetimefield_value(timezone.now()),
         *constant_values,
     ]
@@ -128,21 +138,26 @@ def _column(model: type[Model], name: str) -> str:
     return str(_field(model, name).column)
 
 
-def _delete(alias: str, ids: list[int], claim: str) -> None:
-    """Delete the rows a run claimed: one DELETE, without the collector and
-    transaction that QuerySet.delete() adds for relations and signals that
-    outbox rows do not have."""
+def _delete(alias: str, ids: list[int], claim: str | None = None) -> None:
+    """Delete rows by pk (those a run claimed, with its ``claim``): plain
+    DELETEs of at most 500 pks, without the collector and the model signals
+    that QuerySet.delete() would run for rows that have no relations."""
     from django_q_signals.models import OutboxCall
 
     connection = connections[alias]
     quote = connection.ops.quote_name
-    by, pk = (_column(OutboxCall, name) for name in ("claim", "id"))
-    sql = (
-        f"DELETE FROM {quote(OutboxCall._meta.db_table)} WHERE {quote(by)} = %s "
-        f"AND {quote(pk)} IN ({', '.join(['%s'] * len(ids))})"
+    table = quote(OutboxCall._meta.db_table)
+    pk = quote(_column(OutboxCall, "id"))
+    claimed = (
+        "" if claim is None else f" AND {quote(_column(OutboxCall, 'claim'))} = %s"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [claim, *ids])
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            sql = (
+                f"DELETE FROM {table} WHERE {pk} IN ({', '.join(['%s'] * len(chunk))})"
+            )
+            cursor.execute(sql + claimed, [*chunk, *([] if claim is None else [claim])])
 
 
 def fold(earlier: Call, later: Call) -> None:
@@ -150,11 +165,11 @@ def fold(earlier: Call, later: Call) -> None:
     it now stands."""
     from django_q_signals.models import OutboxCall
 
-    rows = OutboxCall.objects.using(later.alias)
     if earlier.outbox_id is not None:
-        rows.filter(pk=earlier.outbox_id).delete()
+        _delete(earlier.alias, [earlier.outbox_id])
     if later.outbox_id is not None:
-        rows.filter(pk=later.outbox_id).update(payload=pack(later))
+        rows = OutboxCall.objects.using(later.alias).filter(pk=later.outbox_id)
+        rows.update(payload=pack(later))
 
 
 _tables: set[str] = set()
@@ -273,7 +288,7 @@ class Claim:
             if ref in self._claimed:
                 by_alias[ref[0]].append(ref[1])
         for alias, ids in by_alias.items():
-            _delete(alias, ids, self.token)
+            _delete(alias, ids, claim=self.token)
 
     def failed(self, ref: Ref | None, error: BaseException) -> None:
         """The handler raised: keep the row, with the error and the time of

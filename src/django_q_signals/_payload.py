@@ -32,10 +32,11 @@ import pickle
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 from django.apps import apps
 from django.core.exceptions import ValidationError
@@ -43,6 +44,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.db.models import Model
 from django.db.models.base import ModelBase
 from django.db.models.query import QuerySet
+from django.db.models.signals import post_save, pre_save
 from django.dispatch import Signal
 
 if TYPE_CHECKING:
@@ -109,6 +111,8 @@ _PLAIN_TYPES = frozenset(
     }
 )
 
+_PLAIN_TZINFO = frozenset({timezone, ZoneInfo})
+
 #: Each model's label, made once: ``_meta.label`` builds a new string each time.
 _labels: dict[type[Model], str] = {}
 
@@ -118,6 +122,20 @@ def _label(model: type[Model]) -> str:
     if label is None:
         label = _labels[model] = sys.intern(model._meta.label)
     return label
+
+
+#: The label of the concrete model behind each model label (a proxy's own).
+_concrete_labels: dict[str, str] = {}
+
+
+def concrete_label(label: str) -> str:
+    """The label of the model whose table holds rows of model ``label``."""
+    found = _concrete_labels.get(label)
+    if found is None:
+        model = apps.get_model(label)
+        concrete = model._meta.concrete_model or model
+        found = _concrete_labels[label] = sys.intern(concrete._meta.label)
+    return found
 
 
 class Call:
@@ -178,18 +196,39 @@ class Call:
         return (FORMAT, self.receiver.key, _database(self.alias), self.data)
 
     def fold_into(self, later: Call) -> None:
-        """Make ``later`` the one call for both: where it has them, created
-        if either was, and the union of their update_fields (None if either's
-        was None)."""
-        names, data = later.layout[0], list(later.data)
-        mine = dict(zip(self.layout[0], self.data[3:], strict=True))
-        if "created" in names and mine.get("created"):
+        """Make ``later`` the one call for both. Where both are a model's
+        pre_save or post_save and ``later`` has them: created if either was,
+        and the union of their update_fields (None if either's was None)."""
+        if not (self._is_a_save() and later._is_a_save()):
+            return
+        mine = self._plain_values()
+        theirs = later._plain_values()
+        data = list(later.data)
+        names = later.layout[0]
+        if mine.get("created") is True and "created" in theirs:
             data[3 + names.index("created")] = True
-        if "update_fields" in names and "update_fields" in mine:
-            at = 3 + names.index("update_fields")
-            theirs = mine["update_fields"]
-            data[at] = None if None in (data[at], theirs) else data[at] | theirs
+        if "update_fields" in mine and "update_fields" in theirs:
+            a, b = mine["update_fields"], theirs["update_fields"]
+            if a is None or b is None:
+                merged = None
+            elif isinstance(a, frozenset) and isinstance(b, frozenset):
+                merged = a | b
+            else:
+                return
+            data[3 + names.index("update_fields")] = merged
         later.data = tuple(data)
+
+    def _is_a_save(self) -> bool:
+        return self.receiver.signals[self.data[0]] in (pre_save, post_save)
+
+    def _plain_values(self) -> dict[str, Any]:
+        """The kwargs kept as they are, by name."""
+        names, kinds = self.layout
+        return {
+            name: value
+            for name, kind, value in zip(names, kinds[1:], self.data[3:], strict=True)
+            if kind == PLAIN
+        }
 
 
 def layout_of(data: tuple[Any, ...]) -> tuple[tuple[str, ...], str]:
@@ -242,7 +281,12 @@ def encode_call(
             (v[2] for k, v in zip(kinds[1:], values, strict=True) if k == ROW and v[2]),
             DEFAULT_DB_ALIAS,
         )
-    own_label = receiver.sender_label if kinds[0] == ITS_SENDER else sender_value
+    # Only a model sent as sender names the model of its rows.
+    own_label = None
+    if kinds[0] == ITS_SENDER:
+        own_label = receiver.sender_label
+    elif kinds[0] == MODEL:
+        own_label = sender_value
     for index, (kind, value) in enumerate(zip(kinds[1:], values, strict=True)):
         if kind == ROW and value[0] == own_label and value[2] == alias:
             # The sender's model on this database: its pk says it all.
@@ -297,7 +341,10 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
     """Whether a value cannot change and any Python unpickles it."""
     kind = type(value)
     if kind in _PLAIN_TYPES:
-        return True
+        # A date or time is plain with no time zone or a standard one: any
+        # other tzinfo is pickled on its own, and left out if it cannot be.
+        tzinfo = getattr(value, "tzinfo", None)
+        return tzinfo is None or type(tzinfo) in _PLAIN_TZINFO
     if (kind is tuple or kind is frozenset) and depth < 3:
         return all(_is_plain(item, depth + 1) for item in value)
     return False

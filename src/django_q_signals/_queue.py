@@ -23,7 +23,7 @@ from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
 from django_q_signals import _brokers, _outbox
-from django_q_signals._payload import batch_payload
+from django_q_signals._payload import batch_payload, concrete_label
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -280,6 +280,12 @@ class _Group:
             if call.receiver.uses_outbox:
                 _outbox.fold(earlier, call)
 
+    def rewrites_outbox_rows(self, later: _Group) -> bool:
+        """Whether folding into ``later`` would rewrite outbox rows."""
+        if not (self.index and later.index):
+            return False
+        return any(key[0].uses_outbox for key in self.index if key in later.index)
+
     def takes(self, open_savepoints: frozenset[str], scope: object) -> bool:
         """Whether a call deferred now may join it."""
         return (
@@ -307,6 +313,10 @@ class _Group:
             and previous.scope == self.scope
             and previous.savepoints & open_savepoints == own
         ):
+            if open_savepoints != own and previous.rewrites_outbox_rows(self):
+                # Those writes would be undone by a rollback of the savepoints
+                # open since, and the groups would stay merged: not now.
+                break
             offset = len(previous.calls)
             if self.index and previous.index:
                 previous.fold_into(self)
@@ -326,7 +336,11 @@ def _coalescing_key(call: Call) -> tuple[Any, ...] | None:
     if not call.receiver.coalesce:
         return None
     row = call.instance_row()
-    return None if row is None else (call.receiver, *row)
+    if row is None:
+        return None
+    # A proxy's rows are its concrete model's.
+    label, pk, alias = row
+    return call.receiver, concrete_label(label), pk, alias
 
 
 def _defer(connection: BaseDatabaseWrapper, call: Call) -> Call | None:

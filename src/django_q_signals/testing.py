@@ -8,15 +8,16 @@ the commit never comes: wrap the code in ``captureOnCommitCallbacks
 (execute=True)`` (``django_capture_on_commit_callbacks`` in pytest-django)
 to run its commit callbacks.
 
-The calls take the same way as in a worker: the task's payload is read,
-model instances are loaded again from the database, and the handler is
-called, batched receivers in batches. Every call runs; then the first
+The calls take the same way as in a worker: the task's payload is pickled
+and read, model instances are loaded again from the database, and the
+handler is called, batched receivers in batches. Every call runs; then the first
 handler exception (for a batch, its ``BatchError``) reaches the test.
 """
 
 from __future__ import annotations
 
 import functools
+import pickle
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -96,7 +97,7 @@ class CapturedCall:
 
     def _rebuild(self) -> tuple[Any, dict[str, Any]]:
         receiver = self._call.receiver
-        arguments = open_call(self._call.data, receiver, self._call.alias)
+        arguments = open_call(_as_queued(self._call.data), receiver, self._call.alias)
         return rebuild(receiver, arguments, Rows(receiver, [arguments]))
 
 
@@ -120,6 +121,11 @@ def _diverted(target: Callable[[list[Call]], None]) -> Iterator[None]:
         _queue.diversions.remove(entry)
 
 
+def _as_queued(value: Any) -> Any:
+    """``value`` after the trip through the broker: pickled, then loaded."""
+    return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+
+
 def _run(calls: list[Call]) -> Any:
     """Run each task; as in a worker, one task failing does not stop the next.
 
@@ -129,7 +135,7 @@ def _run(calls: list[Call]) -> Any:
     for task in _queue.group_tasks(calls):
         func, args = _queue.task_call(task)
         try:
-            result = import_string(func)(*args)
+            result = import_string(func)(*_as_queued(args))
         except Exception as exc:
             error = error or exc
     if error is not None:

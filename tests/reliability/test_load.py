@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from django.db import transaction
-from django.db.models import Model
-from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 
 from tests.conftest import Worker
 from tests.models import Crate, Delivery, Parcel, Tag
-from tests.reliability.handlers import signal_key
+from tests.reliability import workload
 
 pytestmark = [
     pytest.mark.services,
@@ -24,56 +20,7 @@ pytestmark = [
 ]
 
 ITEMS = 625  # of each model: 1,250 items, 8 signals each
-CHUNK = 25  # items per transaction
 DEADLINE = 240  # seconds for the workers to catch up
-
-
-def expected_keys(item: Model, tag: Tag) -> list[str]:
-    """The ledger key of every signal the workload sends for ``item``."""
-    pk = item.pk
-    tags = {"pk_set": {tag.pk}}
-    return [
-        signal_key(post_save, item, created=True, update_fields=None),
-        signal_key(post_save, item, created=False, update_fields={"title"}),
-        *(
-            signal_key(m2m_changed, item, action=action, **tags)
-            for action in ("pre_add", "post_add", "pre_remove", "post_remove")
-        ),
-        signal_key(pre_delete, None, _instance_pk=pk),
-        signal_key(post_delete, None, _instance_pk=pk),
-    ]
-
-
-def send_signals(tag: Tag) -> dict[str, list[str]]:
-    """The workload, in several transaction shapes; the keys it sends, by receiver."""
-    expected: dict[str, list[str]] = {"unbatched": [], "batched": []}
-    for start in range(0, ITEMS, CHUNK):
-        with transaction.atomic():
-            items = [
-                model.objects.create(title=f"{model.__name__} {n}")
-                for n in range(start, start + CHUNK)
-                for model in (Parcel, Crate)
-            ]
-        # Updates: every other chunk in autocommit, queued one by one.
-        with transaction.atomic() if start // CHUNK % 2 else contextlib.nullcontext():
-            for item in items:
-                item.title += " (edited)"
-                item.save(update_fields=["title"])
-        with transaction.atomic():
-            for item in items:
-                item.tags.add(tag)
-        for item in items:
-            item.tags.remove(tag)
-        with transaction.atomic():
-            for item in items:
-                keys = expected_keys(item, tag)
-                item.delete()
-                expected["batched" if isinstance(item, Crate) else "unbatched"] += keys
-    return expected
-
-
-def delivered() -> Counter[tuple[str, str]]:
-    return Counter(Delivery.objects.values_list("receiver", "key"))
 
 
 def test_no_signal_is_lost_under_load(
@@ -85,19 +32,19 @@ def test_no_signal_is_lost_under_load(
     try:
         tag = Tag.objects.create(name="load")
         started = time.monotonic()
-        expected = send_signals(tag)
+        expected = workload.send({Parcel: "unbatched", Crate: "batched"}, ITEMS, tag)
         sent = time.monotonic() - started
         wanted = {(r, key) for r, keys in expected.items() for key in keys}
         signals = sum(len(keys) for keys in expected.values())
         deadline = started + DEADLINE
-        while not wanted <= set(delivered()) and time.monotonic() < deadline:
+        while not wanted <= set(workload.delivered()) and time.monotonic() < deadline:
             for each in workers:
                 if each.process.poll() is not None:
                     pytest.fail(f"qcluster exited:\n{each.log.read_text()}")
             time.sleep(0.2)
         wall = time.monotonic() - started
         time.sleep(1)  # room for a late duplicate to show up
-        calls = delivered()
+        calls = workload.delivered()
         clusters = Counter(Delivery.objects.values_list("cluster", flat=True))
     finally:
         for each in workers:

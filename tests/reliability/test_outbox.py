@@ -5,30 +5,27 @@ duplicate calls are counted."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal as signals
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from django.core.management import call_command
 from django.db import connections, transaction
-from django.db.models import Model
-from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 from django.test import override_settings
 
 from django_q_signals import _relay
 from django_q_signals.models import OutboxCall
 from tests.conftest import Worker
 from tests.models import BatchedErrand, Delivery, Errand, Tag
+from tests.reliability import workload
 from tests.reliability.conftest import RedisServer
-from tests.reliability.handlers import flaky_job, signal_key
+from tests.reliability.handlers import flaky_job
 
 pytestmark = [
     pytest.mark.services,
@@ -52,73 +49,33 @@ def report(capsys: pytest.CaptureFixture[str], line: str) -> None:
         print(f"\noutbox: {line}")
 
 
-def delivered() -> Counter[tuple[str, str]]:
-    return Counter(Delivery.objects.values_list("receiver", "key"))
-
-
 def settle(
     workers: list[Worker], wanted: set[tuple[str, str]], timeout: float
 ) -> float:
     """Run the relay every second until ``wanted`` was delivered; how long
     it took."""
     started = time.monotonic()
-    while not wanted <= set(delivered()):
+    while not wanted <= set(workload.delivered()):
         for each in workers:
             if each.process.poll() is not None:
                 pytest.fail(f"qcluster exited:\n{each.log.read_text()}")
         if time.monotonic() - started > timeout:
-            missing = wanted - set(delivered())
+            missing = wanted - set(workload.delivered())
             pytest.fail(f"{len(missing)} calls missing, e.g. {sorted(missing)[:5]}")
         _relay.run()
         time.sleep(1)
     return time.monotonic() - started
 
 
-def expected_keys(item: Model, tag: Tag) -> list[str]:
-    pk = item.pk
-    tags = {"pk_set": {tag.pk}}
-    return [
-        signal_key(post_save, item, created=True, update_fields=None),
-        signal_key(post_save, item, created=False, update_fields={"title"}),
-        *(
-            signal_key(m2m_changed, item, action=action, **tags)
-            for action in ("pre_add", "post_add", "pre_remove", "post_remove")
-        ),
-        signal_key(pre_delete, None, _instance_pk=pk),
-        signal_key(post_delete, None, _instance_pk=pk),
-    ]
-
-
-def workload(items: int, tag: Tag, chunk: int = 25) -> set[tuple[str, str]]:
-    """Creates, updates, tags and deletes ``items`` errands of each kind, in
-    transactions and in autocommit: 8 signals each. The ledger keys sent."""
-    expected: set[tuple[str, str]] = set()
-    for start in range(0, items, chunk):
-        with transaction.atomic():
-            made = [
-                model.objects.create(title=f"{model.__name__} {n}")
-                for n in range(start, start + chunk)
-                for model in (Errand, BatchedErrand)
-            ]
-        with transaction.atomic() if start // chunk % 2 else contextlib.nullcontext():
-            for item in made:
-                item.title += " (edited)"
-                item.save(update_fields=["title"])
-        with transaction.atomic():
-            for item in made:
-                item.tags.add(tag)
-        for item in made:
-            item.tags.remove(tag)
-        with transaction.atomic():
-            for item in made:
-                receiver = "errand" if isinstance(item, Errand) else "batched_errand"
-                expected |= {(receiver, key) for key in expected_keys(item, tag)}
-                item.delete()
-    return expected
+def sent_workload(items: int, tag: Tag) -> set[tuple[str, str]]:
+    """The workload through the two outbox receivers; the calls it sent."""
+    receivers = {Errand: "errand", BatchedErrand: "batched_errand"}
+    sent = workload.send(receivers, items, tag)
+    return {(receiver, key) for receiver, keys in sent.items() for key in keys}
 
 
 def duplicates() -> int:
-    return sum(n - 1 for n in delivered().values())
+    return sum(n - 1 for n in workload.delivered().values())
 
 
 def workers(tmp_path: Path, count: int, **env: str) -> list[Worker]:
@@ -174,7 +131,7 @@ def test_calls_of_a_process_killed_after_its_commit_are_relayed(
             ("errand", f"create:{pk}")
             for pk in Errand.objects.values_list("pk", flat=True)
         }
-        running[0].wait_for(lambda: wanted <= set(delivered()), timeout=120)
+        running[0].wait_for(lambda: wanted <= set(workload.delivered()), timeout=120)
     finally:
         stop(running)
     waited = time.monotonic() - started
@@ -207,10 +164,10 @@ def test_redis_stopped_in_the_middle_of_a_load_loses_nothing(
     try:
         tag = Tag.objects.create(name="load")
         started = time.monotonic()
-        wanted = workload(ITEMS // 2, tag)
+        wanted = sent_workload(ITEMS // 2, tag)
         own_redis.stop()  # with the tasks it held: it keeps nothing on disk
         stopped = time.monotonic()
-        wanted |= workload(ITEMS - ITEMS // 2, tag)
+        wanted |= sent_workload(ITEMS - ITEMS // 2, tag)
         sent = time.monotonic() - started
         time.sleep(max(0, OUTAGE - (time.monotonic() - stopped)))
         own_redis.start()
@@ -219,7 +176,7 @@ def test_redis_stopped_in_the_middle_of_a_load_loses_nothing(
     finally:
         stop(running)
     signals_sent = len(wanted)
-    missing = len(wanted - set(delivered()))
+    missing = len(wanted - set(workload.delivered()))
     report(
         capsys,
         f"Redis stopped for {OUTAGE} s in a load of {signals_sent} signals "
@@ -275,7 +232,7 @@ def test_calls_sent_twice_by_two_relays_at_once_run_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tag = Tag.objects.create(name="twice")
-    wanted = workload(50, tag)  # no worker yet: every task waits on Redis
+    wanted = sent_workload(50, tag)  # no worker yet: every task waits on Redis
     calls = OutboxCall.objects.count()
 
     def relay_everything() -> None:
@@ -317,7 +274,7 @@ def test_a_handler_failing_twice_runs_a_third_time_and_is_done(
         settle(running, {("flaky_done", "resize")}, timeout=60)
     finally:
         stop(running)
-    attempts = delivered()[("flaky_attempt", "resize")]
+    attempts = workload.delivered()[("flaky_attempt", "resize")]
     report(capsys, f"retries=3, a handler failing twice: it ran {attempts} times")
     assert attempts == 3
     assert not OutboxCall.objects.exists()
