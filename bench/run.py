@@ -3,6 +3,8 @@
     nox -s bench                          # N = 2,000, 20,000 and 100,000
     nox -s bench -- --sizes 2000          # a quick run
     nox -s bench -- --e2e-max 100000      # unbatched modes end to end at every N
+    nox -s bench -- --modes batch outbox  # some of the modes
+    nox -s bench -- --report bench/results/measurements.jsonl  # redraw a run
 
 For each backend (SQLite with the ORM broker; PostgreSQL with Redis when both
 answer on 127.0.0.1) and each N, the N rows are saved in one transaction, and
@@ -75,29 +77,54 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000, 100000])
     parser.add_argument("--e2e-max", type=int, default=20000)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="only write the report, from the measurements a run saved in FILE",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         measure(args.child, args.sizes, args.e2e_max, args.modes)
         return
+    if args.report:
+        report([json.loads(line) for line in args.report.read_text().splitlines()])
+        return
+    RESULTS.mkdir(exist_ok=True)
+    saved = RESULTS / "measurements.jsonl"
+    saved.write_text("")
     rows = []
     for backend, env in backends():
         print(f"Measuring {backend} ...", flush=True)
         command = [sys.executable, __file__, "--child", backend, "--sizes"]
         command += [str(n) for n in args.sizes]
         command += ["--e2e-max", str(args.e2e_max), "--modes", *args.modes]
-        child = subprocess.run(
+        # Each measurement is printed and saved as it comes: a long run that
+        # stops half way still leaves what it measured (see --report).
+        with subprocess.Popen(
             command,
             env={**os.environ, **env},
             cwd=ROOT,
-            capture_output=True,
+            stdout=subprocess.PIPE,
             text=True,
-            check=False,
-        )
+        ) as child:
+            assert child.stdout is not None
+            for line in child.stdout:
+                row = json.loads(line)
+                rows.append(row)
+                with saved.open("a") as out:
+                    out.write(line)
+                print(f"  {row['n']:>7,} {row['mode']:<13} {progress(row)}", flush=True)
         if child.returncode:
-            sys.exit(f"{backend} failed:\n{child.stdout}\n{child.stderr}")
-        rows += [json.loads(line) for line in child.stdout.splitlines()]
+            sys.exit(f"{backend} failed (exit code {child.returncode})")
     report(rows)
+
+
+def progress(row: dict[str, Any]) -> str:
+    e2e = row["end_to_end_s"]
+    text = f"{row['per_save_us']:.0f} µs a save"
+    return text if e2e is None else f"{text}, end to end {e2e:.2f} s"
 
 
 def backends() -> list[tuple[str, dict[str, str]]]:

@@ -53,6 +53,13 @@ def path(func: Callable[..., Any]) -> str:
 custom = Signal()
 
 
+class TwoArguments(Exception):
+    """Pickles, but cannot be unpickled: it is rebuilt with one argument."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+
+
 @pytest.fixture
 def numbers(connect: Connect[Any]) -> list[int]:
     """The ``n`` of every ``custom`` signal whose handler ran."""
@@ -130,6 +137,18 @@ def _empty_redis() -> None:
         from django_q.brokers import get_broker
 
         get_broker().connection.flushdb()
+
+
+@pytest.fixture
+def unreachable_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Django Q2 configured for a Redis server that refuses connections."""
+    from django_q.conf import Conf
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(Conf, "ORM", None)
+    monkeypatch.setattr(Conf, "REDIS", {"host": "127.0.0.1", "port": port})
 
 
 def broker_is_orm_on(alias: str) -> bool:

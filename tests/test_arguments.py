@@ -352,6 +352,21 @@ def test_a_string_sender_that_reads_like_a_label_arrives_as_sent(
     assert received == [("tests.Article", article)]
 
 
+@pytest.mark.parametrize("name", ["weather.today", "a.b.c"])
+def test_a_string_sender_that_names_no_model_arrives_as_sent(
+    connect: Connect[Any], name: str
+) -> None:
+    received = []
+
+    @connect(custom, sender=name)
+    def handler(sender: Any, **kwargs: Any) -> None:
+        received.append(sender)
+
+    custom.send(sender=name)
+    run_queued()
+    assert received == [name]
+
+
 class Local(datetime.tzinfo):
     """A time zone defined where pickle cannot find it."""
 

@@ -13,6 +13,7 @@ from django_q_signals import async_receiver
 from django_q_signals.worker import BatchError, run_batch
 from tests.conftest import (
     Connect,
+    TwoArguments,
     custom,
     path,
     queued_tasks,
@@ -230,13 +231,6 @@ def test_a_failing_call_does_not_stop_the_others(connect: Connect[Any]) -> None:
     assert "call 2 (instance=<tests.Author pk=" in message
     assert "): ValueError: odd 1; call 4 (" in message
     assert message.endswith("ValueError: odd 3")
-
-
-class TwoArguments(Exception):
-    """Pickles, but cannot be unpickled: it is rebuilt with one argument."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"{code} {reason}")
 
 
 def test_a_call_that_cannot_be_unpickled_fails_alone(connect: Connect[Any]) -> None:

@@ -269,6 +269,17 @@ def test_e006_silent_for_lookups_that_exist(
     assert checks.check_relation_lookups() == []
 
 
+def test_e006_an_m2m_changed_sender_that_is_no_through_model_is_checked_itself(
+    connect: Connect[Any],
+) -> None:
+    @connect(m2m_changed, Article, select_related=["auther"])
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    [message] = checks.check_relation_lookups()
+    assert "tests.Article has no field 'auther'" in message.msg
+
+
 def test_the_relations_of_a_lazy_sender_naming_no_model_are_not_checked() -> None:
     """Django's own check (signals.E001) reports the lazy reference."""
     receiver = _registry.Receiver(

@@ -10,7 +10,7 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import Signal
 
-from django_q_signals import async_receiver
+from django_q_signals import _outbox, async_receiver
 from django_q_signals.models import OutboxCall
 from tests.conftest import Connect, custom, queued_tasks, rolled_back, run_queued
 from tests.models import Article, Author, ProxyArticle
@@ -91,13 +91,55 @@ def test_calls_are_merged_once_their_savepoints_are_released(
 ) -> None:
     with transaction.atomic():
         article = Article.objects.create(title="a")
+        Article.objects.create(title="saved once")
         with transaction.atomic():
             article.title = "b"
             article.save(update_fields=["title"])
         article.title = "c"
         article.save(update_fields=["title"])
     run_queued()
-    assert seen == [("post_save", "c", True, None)]
+    assert seen == [
+        ("post_save", "saved once", True, None),
+        ("post_save", "c", True, None),
+    ]
+
+
+def _save(article: Article, update_fields: Any) -> None:
+    """A save, or with update_fields other than a set of names, a post_save
+    sent by hand (None: without update_fields)."""
+    if isinstance(update_fields, frozenset):
+        article.save(update_fields=update_fields)
+        return
+    kwargs = {} if update_fields is None else {"update_fields": update_fields}
+    post_save.send(sender=Article, instance=article, created=False, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "merged"),
+    [
+        (None, frozenset({"title"}), None),
+        (["title"], frozenset({"title"}), None),
+        (frozenset({"title"}), ["author"], None),
+        (frozenset({"title"}), None, "absent"),
+    ],
+)
+def test_saves_sent_by_hand_merge_to_every_field(
+    connect: Connect[Any], first: Any, second: Any, merged: Any
+) -> None:
+    received: list[Any] = []
+
+    @connect(post_save, sender=Article, coalesce=True)
+    def reindex(**kwargs: Any) -> None:
+        received.append(kwargs.get("update_fields", "absent"))
+
+    article = Article.objects.create(title="a")
+    run_queued()
+    received.clear()
+    with transaction.atomic():
+        _save(article, first)
+        _save(article, second)
+    run_queued()
+    assert received == [merged]
 
 
 def test_in_autocommit_every_save_is_its_own_call(seen: list[Seen]) -> None:
@@ -233,6 +275,29 @@ def test_a_fold_a_newer_savepoint_could_undo_waits(connect: Connect[Any]) -> Non
     run_queued()
     assert ran == [article.pk, article.pk]
     assert OutboxCall.objects.count() == 0
+
+
+def test_without_the_outbox_table_savepoint_calls_still_merge(
+    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[str] = []
+
+    @connect(post_save, sender=Article, coalesce=True, outbox=True)
+    def reindex(instance: Article, **kwargs: Any) -> None:
+        ran.append(instance.title)
+
+    monkeypatch.setattr(OutboxCall._meta, "db_table", "not_migrated_here")
+    monkeypatch.setattr(_outbox, "_tables", set())
+    monkeypatch.setattr(_outbox, "_missing_told", set())
+    with transaction.atomic():
+        article = Article.objects.create(title="a")
+        with transaction.atomic():
+            article.save()
+        article.title = "b"
+        article.save()
+    monkeypatch.undo()
+    run_queued()
+    assert ran == ["b"]
 
 
 def test_a_proxy_and_its_model_are_one_row(connect: Connect[Any]) -> None:

@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import logging
+import pickle
+import socket
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models.signals import post_save
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from django_q.conf import Conf
 
-from django_q_signals import _outbox, _relay, async_receiver, pending
+from django_q_signals import (
+    _brokers,
+    _outbox,
+    _payload,
+    _relay,
+    async_receiver,
+    pending,
+)
 from django_q_signals.models import OutboxCall
 from django_q_signals.worker import BatchError, run_batch, run_call
 from tests.conftest import (
     Connect,
+    TwoArguments,
     custom,
     path,
     purge,
@@ -25,7 +37,7 @@ from tests.conftest import (
     rolled_back,
     run_queued,
 )
-from tests.models import Article, Author, Ledger, ProxyArticle
+from tests.models import Article, Author, Ledger, Membership, ProxyArticle
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
 
@@ -157,10 +169,25 @@ def test_a_call_whose_claim_expired_runs_again(titles: list[str]) -> None:
     assert states() == []
 
 
-def test_a_claim_lasts_the_tasks_timeout(connect: Connect[Any]) -> None:
+@pytest.mark.parametrize(
+    ("timeout", "lasts"),
+    [
+        ({"timeout": 40}, 40),
+        # No timeout, for the task or the cluster: as long as Django Q2 waits
+        # before it gives the task to another worker (Q_CLUSTER's retry).
+        ({}, settings.Q_CLUSTER["retry"]),
+    ],
+)
+def test_a_claim_lasts_the_tasks_timeout(
+    connect: Connect[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    timeout: dict[str, int],
+    lasts: int,
+) -> None:
+    monkeypatch.setattr(Conf, "TIMEOUT", None)
     claims = []
 
-    @connect(custom, outbox=True, q_options={"timeout": 40})
+    @connect(custom, outbox=True, q_options=timeout)
     def handler(**kwargs: Any) -> None:
         [row] = OutboxCall.objects.all()
         assert row.due is not None
@@ -170,7 +197,7 @@ def test_a_claim_lasts_the_tasks_timeout(connect: Connect[Any]) -> None:
     run_queued()
     [(state, attempts, seconds)] = claims
     assert (state, attempts) == (State.RUNNING, 1)
-    assert 40 <= seconds <= 40 + _outbox.CLAIM_MARGIN
+    assert lasts <= seconds <= lasts + _outbox.CLAIM_MARGIN
 
 
 # Failures and retries
@@ -295,6 +322,74 @@ def test_a_batch_runs_only_the_calls_it_claimed(connect: Connect[Any]) -> None:
     assert states() == [State.RUNNING]
 
 
+def test_a_batch_with_calls_kept_in_no_row_runs_them_all(
+    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table was migrated while the process ran: the calls written
+    before have no row."""
+    received: list[int] = []
+
+    @connect(custom, outbox=True, batch=True)
+    def handler(n: int, **kwargs: Any) -> None:
+        received.append(n)
+        if n == 0:
+            raise ValueError("zero")
+
+    with transaction.atomic():
+        monkeypatch.setattr(OutboxCall._meta, "db_table", "not_migrated_yet")
+        monkeypatch.setattr(_outbox, "_tables", set())
+        monkeypatch.setattr(_outbox, "_missing_told", set())
+        custom.send(sender=None, n=0)
+        custom.send(sender=None, n=1)
+        monkeypatch.undo()
+        custom.send(sender=None, n=2)
+    [task] = queued_tasks()
+    with pytest.raises(BatchError, match="1 of 3 calls"):
+        run_batch(*task["args"])
+    assert received == [0, 1, 2]
+    # The last call's row went; the first had none to keep its error in.
+    assert OutboxCall.objects.count() == 0
+
+
+def test_an_outbox_call_that_cannot_be_unpickled_keeps_the_error(
+    connect: Connect[Any],
+) -> None:
+    received: list[int] = []
+
+    @connect(custom, outbox=True, batch=True)
+    def handler(n: int, **kwargs: Any) -> None:
+        received.append(n)
+
+    with transaction.atomic():
+        custom.send(sender=None, n=1, error=TwoArguments(1, "broken"))
+        custom.send(sender=None, n=2, error=None)
+    [task] = queued_tasks()
+    with pytest.raises(BatchError, match="1 of 2 calls"):
+        run_batch(*task["args"])
+    assert received == [2]
+    [row] = OutboxCall.objects.all()
+    assert row.state == State.FAILED
+    assert "Could not unpickle its arguments: TypeError" in row.error
+
+
+def test_a_failure_after_another_run_claimed_the_call_leaves_its_row(
+    connect: Connect[Any],
+) -> None:
+    """The claim ran out while the handler ran, and another worker took the call."""
+
+    @connect(custom, outbox=True)
+    def handler(**kwargs: Any) -> None:
+        OutboxCall.objects.update(claim="another run")
+        raise RuntimeError("late")
+
+    custom.send(sender=None)
+    with pytest.raises(RuntimeError, match="late"):
+        run_queued()
+    [row] = OutboxCall.objects.all()
+    # As the other run left it: its own run records how it went.
+    assert (row.state, row.claim, row.error) == (State.RUNNING, "another run", "")
+
+
 # The relay
 
 
@@ -350,7 +445,7 @@ def test_the_relay_reads_in_chunks(
 
 
 @pytest.mark.usefixtures("titles")
-def test_the_relay_skips_calls_of_receivers_it_does_not_know(
+def test_the_relay_skips_rows_that_hold_no_call(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     Article.objects.create(title="a")
@@ -358,6 +453,90 @@ def test_the_relay_skips_calls_of_receivers_it_does_not_know(
     purge()
     assert _relay.run(everything=True) == 1
     assert "holds no call: not a call of this version" in caplog.text
+
+
+@pytest.mark.usefixtures("titles")
+def test_the_relay_leaves_calls_of_receivers_it_does_not_know(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A receiver renamed or removed: its calls wait, and one ERROR says so."""
+    for title in "ab":
+        Article.objects.create(title=title)
+    purge()
+    for row in OutboxCall.objects.all():
+        _, *rest = pickle.loads(row.payload)
+        row.payload = pickle.dumps((_payload.FORMAT, "tests.gone.reindex", *rest[1:]))
+        row.save()
+    assert _relay.run(everything=True) == 0
+    assert _relay.run(everything=True) == 0
+    told = [
+        r.getMessage() for r in caplog.records if "its outbox calls wait" in r.message
+    ]
+    assert told == [
+        (
+            "Relay: no async receiver 'tests.gone.reindex' in this process; "
+            "its outbox calls wait"
+        )
+    ]
+    assert states() == [State.SENT, State.SENT]
+
+
+class KeepOff:
+    """A router that keeps some apps' tables off one database."""
+
+    def __init__(self, alias: str, *app_labels: str) -> None:
+        self.alias = alias
+        self.app_labels = app_labels
+
+    def allow_migrate(self, db: str, app_label: str, **hints: Any) -> bool | None:
+        if db == self.alias and app_label in self.app_labels:
+            return False
+        return None
+
+
+def test_the_relay_looks_where_the_outbox_table_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert _relay.aliases() == ["default", "other"]
+    with override_settings(DATABASE_ROUTERS=[KeepOff("other", "django_q_signals")]):
+        assert _relay.aliases() == ["default"]
+    monkeypatch.setattr(OutboxCall._meta, "db_table", "not_migrated_here")
+    assert _relay.aliases() == []
+
+
+def test_the_relay_asks_a_receivers_own_broker(connect: Connect[Any]) -> None:
+    from django_q.brokers.orm import ORM
+    from django_q.models import OrmQ
+
+    @connect(custom, outbox=True, q_options={"broker": ORM(list_key="mail")})
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    custom.send(sender=None)
+    later = timezone.now() + timedelta(seconds=31)
+    # The task is on that broker: on its way.
+    assert _relay.run(now=later) == 0
+    OrmQ.objects.filter(key="mail").delete()
+    assert _relay.run(now=later) == 1
+    assert OrmQ.objects.filter(key="mail").count() == 1
+
+
+@pytest.mark.usefixtures("titles")
+def test_a_broker_that_cannot_say_how_full_it_is_keeps_sent_calls_waiting(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    Article.objects.create(title="a")
+    purge()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(Conf, "ORM", None)
+    monkeypatch.setattr(Conf, "REDIS", {"host": "127.0.0.1", "port": port})
+    monkeypatch.setattr(_brokers, "_brokers", {})  # the one that sent it
+    # Sending it again could run it twice, while it may be on its way.
+    assert _relay.run(now=timezone.now() + timedelta(seconds=31)) == 0
+    assert "Relay: could not ask the broker for 'tests' how full it is" in caplog.text
+    assert states() == [State.SENT]
 
 
 def test_the_migration_schedules_the_relay() -> None:
@@ -374,6 +553,23 @@ def test_the_migration_schedules_the_relay() -> None:
         1,
     )
     assert schedule.repeats == -1
+
+
+def test_the_relay_is_scheduled_only_where_the_router_puts_django_q() -> None:
+    from django.core.management import call_command
+    from django_q.models import Schedule
+
+    def migrate_other_again() -> None:
+        for target in ("0001", "0002"):
+            call_command(
+                "migrate", "django_q_signals", target, database="other", verbosity=0
+            )
+
+    with override_settings(DATABASE_ROUTERS=[KeepOff("other", "django_q")]):
+        migrate_other_again()
+    assert not Schedule.objects.using("other").exists()
+    migrate_other_again()
+    assert Schedule.objects.using("other").count() == 1
 
 
 def test_the_scheduled_function_relays(titles: list[str]) -> None:
@@ -418,6 +614,17 @@ def test_pending_finds_a_row_saved_through_a_proxy(connect: Connect[Any]) -> Non
 
     proxied = ProxyArticle.objects.create(title="a")
     assert pending(Article.objects.get(pk=proxied.pk)).count() == 1
+
+
+def test_pending_finds_a_row_with_a_composite_pk(connect: Connect[Any]) -> None:
+    @connect(post_save, sender=Membership, outbox=True)
+    def welcome(**kwargs: Any) -> None:
+        pass
+
+    member = Membership.objects.create(team="core", person="ada", role="lead")
+    Membership.objects.create(team="core", person="bob", role="dev")
+    [row] = OutboxCall.objects.filter(object_pk='["core", "ada"]')
+    assert [call.pk for call in pending(member)] == [row.pk]
 
 
 def test_pending_uses_the_rows_database(connect: Connect[Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from datetime import timedelta
 from html import escape
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.db.models.signals import post_save
 from django.test import Client
+from django.utils import timezone
 
 from django_q_signals.models import OutboxCall
 from django_q_signals.worker import run_call
@@ -86,6 +88,24 @@ def test_send_again_now_puts_the_calls_on_the_broker(
     assert "Sent 2 call(s) to the broker." in response.content.decode()
     assert len(queued_tasks()) == 2
     assert set(OutboxCall.objects.values_list("state", flat=True)) == {"sent"}
+
+
+def test_send_again_now_leaves_a_running_call(
+    staff: Client, failed_calls: list[OutboxCall]
+) -> None:
+    running, failed = failed_calls
+    later = timezone.now() + timedelta(minutes=1)
+    OutboxCall.objects.filter(pk=running.pk).update(state="running", due=later)
+    response = staff.post(
+        CHANGELIST,
+        {"action": "send_again", "_selected_action": [running.pk, failed.pk]},
+        follow=True,
+    )
+    assert (
+        "Sent 1 call(s) to the broker. 1 left as they are: running, or not found "
+        "by a receiver."
+    ) in response.content.decode()
+    assert len(queued_tasks()) == 1
 
 
 def test_discard_deletes_the_calls(

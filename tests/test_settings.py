@@ -103,6 +103,17 @@ def test_batch_true_takes_its_size_from_the_settings(connect: Connect[Any]) -> N
             "settings.Q_SIGNALS['ON_COMMIT'] must be True or False, not 'no'.",
         ),
         (
+            {"OUTBOX": "yes"},
+            "settings.Q_SIGNALS['OUTBOX'] must be True or False, not 'yes'.",
+        ),
+        (
+            {"OUTBOX_RELAY_AFTER": "1m"},
+            (
+                "settings.Q_SIGNALS['OUTBOX_RELAY_AFTER'] must be a number of "
+                "seconds, not '1m'."
+            ),
+        ),
+        (
             {"BATCH_SIZE": 0},
             (
                 "settings.Q_SIGNALS['BATCH_SIZE'] must be a whole number of 1 or more, "
@@ -221,12 +232,17 @@ def test_timeout_none_leaves_the_clusters_timeout(connect: Connect[Any]) -> None
     assert "timeout" not in task
 
 
-def test_good_q_option_values_are_taken(connect: Connect[Any]) -> None:
+@pytest.mark.parametrize("hook_as", ["path", "function"])
+def test_good_q_option_values_are_taken(connect: Connect[Any], hook_as: str) -> None:
+    from tests.handlers import record_note
+
+    hook = record_note if hook_as == "function" else "tests.handlers.record_note"
+
     @connect(
         custom,
         q_options={
             "timeout": 5,
-            "hook": "tests.handlers.record_note",
+            "hook": hook,
             "cached": 60,
             "save": False,
             "ack_failure": True,
@@ -238,6 +254,7 @@ def test_good_q_option_values_are_taken(connect: Connect[Any]) -> None:
     custom.send(sender=None)
     [task] = queued_tasks()
     assert (task["timeout"], task["cached"], task["save"]) == (5, 60, False)
+    assert task["hook"] == hook
 
 
 @pytest.mark.usefixtures("numbers")

@@ -17,6 +17,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from django_q_signals import _brokers
+from django_q_signals.models import OutboxCall
 from tests.conftest import (
     Connect,
     broker_is_orm_on,
@@ -166,18 +167,6 @@ def test_sync_mode_runs_the_handler_at_commit(connect: Connect[Any]) -> None:
     assert queued_tasks() == []
 
 
-@pytest.fixture
-def unreachable_redis(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Django Q2 configured for a Redis server that refuses connections."""
-    from django_q.conf import Conf
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    monkeypatch.setattr(Conf, "ORM", None)
-    monkeypatch.setattr(Conf, "REDIS", {"host": "127.0.0.1", "port": port})
-
-
 @pytest.mark.usefixtures("unreachable_redis")
 def test_a_redis_that_refuses_connections_holds_no_request(
     connect: Connect[Any], caplog: pytest.LogCaptureFixture
@@ -274,6 +263,34 @@ def test_with_on_commit_false_a_broker_cooling_down_raises_at_once(
         Article.objects.create(title="first")
     with pytest.raises(_brokers.BrokerUnavailable, match="did not answer"):
         Article.objects.create(title="second")
+
+
+@pytest.mark.usefixtures("unreachable_redis")
+@pytest.mark.parametrize(
+    ("outbox", "fate"),
+    [
+        ((True, True), "they stay in the outbox, and the relay sends them later"),
+        ((True, False), "1 of 2 calls stay in the outbox; the others are lost"),
+    ],
+)
+def test_a_failure_to_queue_says_which_calls_the_outbox_keeps(
+    connect: Connect[Any],
+    caplog: pytest.LogCaptureFixture,
+    outbox: tuple[bool, ...],
+    fate: str,
+) -> None:
+    for number, kept in enumerate(outbox):
+
+        @connect(post_save, sender=Article, outbox=kept, dispatch_uid=str(number))
+        def handler(**kwargs: Any) -> None:
+            pass
+
+    with transaction.atomic():
+        Article.objects.create(title="a")
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.getMessage().endswith(fate)
+    kept_rows = OutboxCall.objects.filter(state=OutboxCall.State.QUEUED)
+    assert kept_rows.count() == sum(outbox)
 
 
 @pytest.mark.usefixtures("unreachable_redis")

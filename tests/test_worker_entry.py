@@ -10,7 +10,7 @@ import pytest
 from django_q_signals import _payload
 from django_q_signals._registry import get_receiver
 from django_q_signals.worker import run_call
-from tests.conftest import Connect, custom, queued_tasks
+from tests.conftest import Connect, TwoArguments, custom, queued_tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -67,10 +67,20 @@ def test_a_module_that_cannot_be_imported_is_logged(
     )
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import no_such_dependency\n",
+        "raise ImportError('libgeos_c.so: cannot open shared object file')\n",
+    ],
+)
 def test_a_module_that_fails_to_import_is_logged_with_its_error(
-    caplog: pytest.LogCaptureFixture, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
 ) -> None:
-    (tmp_path / "broken_handlers.py").write_text("import no_such_dependency\n")
+    (tmp_path / "broken_handlers.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
     data = (_payload.FORMAT, "broken_handlers.handler", "default", NO_VALUES)
     with pytest.raises(LookupError):
@@ -82,6 +92,24 @@ def test_a_module_that_fails_to_import_is_logged_with_its_error(
     assert first.exc_info is not None
 
 
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        ((0, (("created",), "vv"), None), "0 values for ('created',) (vv)"),
+        ((0, (("created",), "vx"), None, True), "unknown kind 'x'"),
+    ],
+)
+def test_a_call_whose_values_do_not_match_their_layout_is_refused(
+    values: tuple[Any, ...], error: str
+) -> None:
+    import tests.handlers  # noqa: F401
+
+    data = (_payload.FORMAT, "tests.handlers.record_note", "default", values)
+    with pytest.raises(ValueError, match="Could not unpickle its arguments") as info:
+        run_call(data)
+    assert str(info.value).endswith(f"ValueError: {error}")
+
+
 def test_run_call_returns_what_the_handler_returns(connect: Connect[Any]) -> None:
     @connect(custom)
     def handler(n: int, **kwargs: Any) -> int:
@@ -90,11 +118,6 @@ def test_run_call_returns_what_the_handler_returns(connect: Connect[Any]) -> Non
     custom.send(sender=None, n=21)
     [task] = queued_tasks()
     assert run_call(*task["args"]) == 42
-
-
-class TwoArguments(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"{code} {reason}")
 
 
 def test_a_call_that_cannot_be_unpickled_names_its_receiver(

@@ -121,9 +121,7 @@ def _receive_for(receiver: _registry.Receiver) -> Callable[..., None]:
             and cast("type[Model]", sender)._meta.app_label in _OWN_APPS
         ):
             return
-        call = _payload.encode_call(receiver, signal, sender, kwargs)
-        if call is not None:
-            _queue.queue_call(call)
+        _queue.queue_call(_payload.encode_call(receiver, signal, sender, kwargs))
 
     # What Django's checks call it, for example when a lazy sender names no
     # model ("The function 'shop.signals.reindex' was connected ...").

@@ -105,7 +105,8 @@ def _insert(
             f"({', '.join(quote(_column(OutboxCall, name)) for name in names)}) "
             f"VALUES ({', '.join(['%s'] * len(names))})"
         )
-        returning = connection.features.can_return_columns_from_insert
+        # PostgreSQL's cursors give no lastrowid; SQLite's and MySQL's do.
+        returning = connection.vendor == "postgresql"
         if returning:
             sql += f" RETURNING {quote(_column(OutboxCall, 'id'))}"
         prepared = [
@@ -127,7 +128,7 @@ def _insert(
         cursor.execute(sql, params)
         if returning:
             return int(cursor.fetchone()[0])
-        return int(cursor.lastrowid)  # pragma: no cover (MySQL)
+        return int(cursor.lastrowid)
 
 
 def _field(model: type[Model], name: str) -> Field[Any, Any]:

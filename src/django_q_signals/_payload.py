@@ -198,7 +198,8 @@ class Call:
     def fold_into(self, later: Call) -> None:
         """Make ``later`` the one call for both. Where both are a model's
         pre_save or post_save and ``later`` has them: created if either was,
-        and the union of their update_fields (None if either's was None)."""
+        and the union of their update_fields: None (every field) if either's
+        was None, or was not a set of names, as in a save sent by hand."""
         if not (self._is_a_save() and later._is_a_save()):
             return
         mine = self._plain_values()
@@ -207,15 +208,16 @@ class Call:
         names = later.layout[0]
         if mine.get("created") is True and "created" in theirs:
             data[3 + names.index("created")] = True
-        if "update_fields" in mine and "update_fields" in theirs:
-            a, b = mine["update_fields"], theirs["update_fields"]
-            if a is None or b is None:
-                merged = None
-            elif isinstance(a, frozenset) and isinstance(b, frozenset):
-                merged = a | b
-            else:
-                return
-            data[3 + names.index("update_fields")] = merged
+        if "update_fields" in names:
+            at = names.index("update_fields")
+            a, b = mine.get("update_fields"), theirs.get("update_fields")
+            both = isinstance(a, frozenset) and isinstance(b, frozenset)
+            data[3 + at] = a | b if both else None
+            kinds = later.layout[1]
+            if kinds[1 + at] != PLAIN:  # sent by hand, as a list
+                data[1] = _layout_ref(
+                    names, f"{kinds[: 1 + at]}{PLAIN}{kinds[2 + at :]}"
+                )
         later.data = tuple(data)
 
     def _is_a_save(self) -> bool:
@@ -253,7 +255,7 @@ def batch_payload(calls: list[Call]) -> tuple[Any, ...]:
 
 def encode_call(
     receiver: Receiver, signal: Signal, sender: Any, kwargs: dict[str, Any]
-) -> Call | None:
+) -> Call:
     using = kwargs.get("using")
     # A custom signal may mean something else by using: then the call
     # follows its instances' database.
@@ -293,17 +295,21 @@ def encode_call(
             kinds[index + 1], values[index] = OWN_ROW, value[1]
         elif kind == PLAIN and value == alias and type(value) is str:
             kinds[index + 1], values[index] = ITS_DATABASE, None
-    layout = (tuple(names), "".join(kinds))
-    number = _LAYOUT_NUMBERS.get(layout)
-    if number is None:
-        layout = (tuple(map(sys.intern, layout[0])), sys.intern(layout[1]))
     data = (
         receiver.signals.index(signal),
-        layout if number is None else number,
+        _layout_ref(tuple(names), "".join(kinds)),
         sender_value,
         *values,
     )
     return Call(receiver, alias, data)
+
+
+def _layout_ref(names: tuple[str, ...], kinds: str) -> Any:
+    """How a call names its layout: by number if it is a usual one."""
+    number = _LAYOUT_NUMBERS.get((names, kinds))
+    if number is None:
+        return (tuple(map(sys.intern, names)), sys.intern(kinds))
+    return number
 
 
 def _encode(

@@ -33,7 +33,7 @@ logger = logging.getLogger("django_q_signals")
 _NAME_LENGTH = 100
 
 
-@dataclass(eq=False, repr=False)
+@dataclass(eq=False)
 class Receiver:
     """A decorated handler and the options it was decorated with."""
 
@@ -56,9 +56,6 @@ class Receiver:
     retries: int = 0
     retry_backoff: float | None = None
     _warned: set[str] = field(default_factory=set, init=False)
-
-    def __repr__(self) -> str:
-        return f"<Receiver {self.key}>"
 
     @property
     def module(self) -> str:

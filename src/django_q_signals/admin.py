@@ -66,8 +66,12 @@ class OutboxCallAdmin(ModelAdmin):
         count, _ = queryset.delete()
         self.message_user(request, f"Discarded {count} call(s).", messages.SUCCESS)
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)
+    def get_actions(
+        self, request: HttpRequest, action_location: Any = None
+    ) -> dict[str, Any]:
+        # Django 6.1 says where the actions are shown; earlier versions do not.
+        where = {} if action_location is None else {"action_location": action_location}
+        actions = super().get_actions(request, **where)
         # "Discard" does what Django's delete action would, named for the outbox.
         actions.pop("delete_selected", None)
         return actions
