@@ -211,8 +211,10 @@ class Call:
         if "update_fields" in names:
             at = names.index("update_fields")
             a, b = mine.get("update_fields"), theirs.get("update_fields")
-            both = isinstance(a, frozenset) and isinstance(b, frozenset)
-            data[3 + at] = a | b if both else None
+            merged: frozenset[str] | None = None
+            if isinstance(a, frozenset) and isinstance(b, frozenset):
+                merged = a | b
+            data[3 + at] = merged
             kinds = later.layout[1]
             if kinds[1 + at] != PLAIN:  # sent by hand, as a list
                 data[1] = _layout_ref(
