@@ -12,12 +12,12 @@ import pickle
 import traceback
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from datetime import timedelta
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from django.db import connections, router
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from django_q_signals._payload import (
@@ -143,22 +143,75 @@ def _delete(alias: str, ids: list[int], claim: str | None = None) -> None:
     """Delete rows by pk (those a run claimed, with its ``claim``): plain
     DELETEs of at most 500 pks, without the collector and the model signals
     that QuerySet.delete() would run for rows that have no relations."""
+    connection = connections[alias]
+    table, column = _names(connection)
+    claimed = "" if claim is None else f" AND {column('claim')} = %s"
+    with connection.cursor() as cursor:
+        for chunk in _chunks(ids):
+            cursor.execute(
+                f"DELETE FROM {table} WHERE {column('id')} IN ({_marks(chunk)})"
+                + claimed,
+                [*chunk, *([] if claim is None else [claim])],
+            )
+
+
+def _claim(
+    alias: str, ids: list[int], token: str, now: datetime, until: datetime
+) -> list[int]:
+    """Claim the rows no live run has, until ``until``: plain UPDATEs of at
+    most 500 pks, in autocommit. The pks claimed."""
     from django_q_signals.models import OutboxCall
 
+    State = OutboxCall.State
     connection = connections[alias]
-    quote = connection.ops.quote_name
-    table = quote(OutboxCall._meta.db_table)
-    pk = quote(_column(OutboxCall, "id"))
-    claimed = (
-        "" if claim is None else f" AND {quote(_column(OutboxCall, 'claim'))} = %s"
-    )
+    table, column = _names(connection)
+    state, due, attempts = column("state"), column("due"), column("attempts")
+    claimable = f"({state} IN (%s, %s) OR ({state} IN (%s, %s) AND {due} <= %s))"
+    when = connection.ops.adapt_datetimefield_value
+    claimed = 0
     with connection.cursor() as cursor:
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            sql = (
-                f"DELETE FROM {table} WHERE {pk} IN ({', '.join(['%s'] * len(chunk))})"
+        for chunk in _chunks(ids):
+            cursor.execute(
+                f"UPDATE {table} SET {state} = %s, {due} = %s, {column('claim')} = %s, "
+                f"{attempts} = {attempts} + 1 "
+                f"WHERE {column('id')} IN ({_marks(chunk)}) AND {claimable}",
+                [
+                    State.RUNNING.value,
+                    when(until),
+                    token,
+                    *chunk,
+                    State.QUEUED.value,
+                    State.SENT.value,
+                    State.RUNNING.value,
+                    State.FAILED.value,
+                    when(now),
+                ],
             )
-            cursor.execute(sql + claimed, [*chunk, *([] if claim is None else [claim])])
+            claimed += cursor.rowcount
+    if claimed == len(ids):
+        return ids
+    # Some were gone, or running elsewhere: which are ours?
+    rows = OutboxCall.objects.using(alias).filter(pk__in=ids, claim=token)
+    return list(rows.values_list("pk", flat=True))
+
+
+def _names(connection: Any) -> tuple[str, Callable[[str], str]]:
+    """The outbox table's name and a column's, quoted for ``connection``."""
+    from django_q_signals.models import OutboxCall
+
+    quote = connection.ops.quote_name
+    return quote(OutboxCall._meta.db_table), lambda name: quote(
+        _column(OutboxCall, name)
+    )
+
+
+def _chunks(ids: list[int]) -> Iterator[list[int]]:
+    for start in range(0, len(ids), 500):
+        yield ids[start : start + 500]
+
+
+def _marks(values: list[Any]) -> str:
+    return ", ".join(["%s"] * len(values))
 
 
 def fold(earlier: Call, later: Call) -> None:
@@ -248,15 +301,9 @@ class Claim:
     """The rows one task's run has claimed: nobody else runs them meanwhile."""
 
     def __init__(self, receiver: Receiver, refs: Iterable[Ref | None]) -> None:
-        from django_q_signals.models import OutboxCall
-
         self._receiver = receiver
         self.token = uuid.uuid4().hex
         now = timezone.now()
-        claimable = Q(state__in=[OutboxCall.State.QUEUED, OutboxCall.State.SENT]) | Q(
-            state__in=[OutboxCall.State.RUNNING, OutboxCall.State.FAILED],
-            due__lte=now,
-        )
         until = now + timedelta(seconds=_claim_seconds(receiver))
         self._claimed: set[Ref] = set()
         wanted: dict[str, list[int]] = defaultdict(list)
@@ -264,18 +311,7 @@ class Claim:
             if ref is not None:
                 wanted[ref[0]].append(ref[1])
         for alias, ids in wanted.items():
-            rows = OutboxCall.objects.using(alias).filter(pk__in=ids)
-            count = rows.filter(claimable).update(
-                state=OutboxCall.State.RUNNING,
-                due=until,
-                claim=self.token,
-                attempts=F("attempts") + 1,
-            )
-            if count == len(ids):
-                claimed: Iterable[int] = ids
-            else:
-                # Some were gone, or running elsewhere: which are ours?
-                claimed = rows.filter(claim=self.token).values_list("pk", flat=True)
+            claimed = _claim(alias, ids, self.token, now, until)
             self._claimed.update((alias, pk) for pk in claimed)
 
     def holds(self, ref: Ref | None) -> bool:
