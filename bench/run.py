@@ -529,13 +529,20 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     backends = sorted({r["backend"] for r in rows})
     panels = (
         ("request path per save (µs)", lambda r: r["per_save_us"]),
-        ("bytes held per deferred call", lambda r: r["held_per_call"] or None),
+        # The floor defers nothing: what it holds is noise.
+        (
+            "bytes held per deferred call",
+            lambda r: None if r["mode"] == "floor" else r["held_per_call"],
+        ),
         ("bytes queued per call", lambda r: r["bytes"] / r["signals"] or None),
         ("end to end (s)", lambda r: r["end_to_end_s"]),
     )
     fig, axes = plt.subplots(
         len(backends), len(panels), figsize=(18, 4.2 * len(backends)), squeeze=False
     )
+    # One colour a mode in every panel, whichever modes a panel leaves out.
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]  # 10 colours
+    colours = dict(zip(MODES, palette, strict=False))
     for row_axes, backend in zip(axes, backends, strict=True):
         for ax, (title, value) in zip(row_axes, panels, strict=True):
             for mode, (_, label, _) in MODES.items():
@@ -546,7 +553,12 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
                 )
                 points = [(n, v) for n, v in points if v]
                 if points:
-                    ax.plot(*zip(*points, strict=True), marker="o", label=label)
+                    ax.plot(
+                        *zip(*points, strict=True),
+                        marker="o",
+                        label=label,
+                        color=colours[mode],
+                    )
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("N saves in one transaction (log)")

@@ -16,7 +16,7 @@ from django.db.models.signals import post_save
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
-from django_q_signals import _brokers
+from django_q_signals import _brokers, _queue
 from django_q_signals.models import OutboxCall
 from tests.conftest import (
     Connect,
@@ -109,6 +109,22 @@ def test_one_commit_is_one_write_to_the_broker(numbers: list[int]) -> None:
         assert broker_writes() == writes + 1
     run_queued()
     assert numbers == [0, 1, 2, 3, 4]
+
+
+def test_a_large_commit_is_written_a_bounded_number_of_tasks_at_a_time(
+    numbers: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_queue, "WRITE_AT_MOST", 3)
+    writes = broker_writes()
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        for n in range(7):
+            custom.send(sender=None, n=n)
+    if broker_is_orm_on("default"):
+        assert len([q for q in queries if "django_q_ormq" in q["sql"]]) == 3
+    else:
+        assert broker_writes() == writes + 3
+    run_queued()
+    assert numbers == [0, 1, 2, 3, 4, 5, 6]
 
 
 def broker_writes() -> int:

@@ -37,6 +37,9 @@ logger = logging.getLogger("django_q_signals")
 #: The functions a worker runs for a task: one call, or a batch of calls.
 TASK = "django_q_signals.worker.run_call"
 BATCH_TASK = "django_q_signals.worker.run_batch"
+#: Tasks signed before they are written: what the request process holds at
+#: once while it sends a large commit's tasks.
+WRITE_AT_MOST = 1000
 
 #: Where ``django_q_signals.testing`` sends calls instead of the broker; the
 #: last one added wins.
@@ -76,8 +79,9 @@ def queue_call(call: Call) -> None:
 
 def send(calls: list[Call], *, raise_errors: bool = False) -> None:
     """Put ``calls`` on their brokers, in firing order, one write per broker
-    for each run of calls not split by a task that runs in sync mode, and
-    mark the outbox rows of those written as sent.
+    for each run of calls not split by a task that runs in sync mode (and
+    of at most WRITE_AT_MOST tasks), and mark the outbox rows of those
+    written as sent.
 
     Unless ``raise_errors``, a failure is logged with every call it concerns
     and not raised: the caller's transaction has already committed. Calls
@@ -89,6 +93,7 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
     from django_q.conf import Conf
 
     writes: dict[Any, list[tuple[list[Call], str]]] = {}
+    signed = 0
     for task in group_tasks(calls):
         options = task[0].receiver.task_options()
         func, args = task_call(task)
@@ -98,7 +103,7 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
             from django_q.tasks import async_task
 
             _write(writes, raise_errors=raise_errors)
-            writes = {}
+            writes, signed = {}, 0
             async_task(func, *args, q_options=options)
             continue
         destination = options.pop("broker", None) or options.get("cluster")
@@ -110,6 +115,10 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
             logger.exception("Could not queue %s", describe(task))
             continue
         writes.setdefault(destination, []).append((task, pack))
+        signed += 1
+        if signed == WRITE_AT_MOST:
+            _write(writes, raise_errors=raise_errors)
+            writes, signed = {}, 0
     _write(writes, raise_errors=raise_errors)
 
 
