@@ -225,6 +225,12 @@ def _browser_missing() -> str | None:
     for program in (CHROMIUM, CHROMEDRIVER):
         if not os.access(program, os.X_OK):
             return f"needs {program} (Debian's chromium and chromium-driver)"
+    # chromedriver and the test's server listen on 127.0.0.1.
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            socket.create_connection(server.getsockname(), timeout=1).close()
+    except OSError as exc:
+        return f"needs connections to 127.0.0.1, which fail here ({exc})"
     return None
 
 
