@@ -322,6 +322,29 @@ def test_a_batch_runs_only_the_calls_it_claimed(connect: Connect[Any]) -> None:
     assert states() == [State.RUNNING]
 
 
+def test_a_batch_larger_than_one_statement_is_sent_claimed_and_deleted_in_parts(
+    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_outbox, "PKS_AT_MOST", 2)
+    received: list[int] = []
+
+    @connect(custom, outbox=True, batch=True)
+    def handler(n: int, **kwargs: Any) -> None:
+        received.append(n)
+
+    with transaction.atomic():
+        for n in range(5):
+            custom.send(sender=None, n=n)
+    assert states() == [State.SENT] * 5
+    [task] = queued_tasks()
+    later = timezone.now() + timedelta(minutes=1)
+    taken = OutboxCall.objects.order_by("pk")[3]
+    OutboxCall.objects.filter(pk=taken.pk).update(state=State.RUNNING, due=later)
+    assert run_batch(*task["args"]) == 5
+    assert received == [0, 1, 2, 4]
+    assert list(OutboxCall.objects.values_list("pk", flat=True)) == [taken.pk]
+
+
 def test_a_batch_with_calls_kept_in_no_row_runs_them_all(
     connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -141,7 +141,7 @@ def _column(model: type[Model], name: str) -> str:
 
 def _delete(alias: str, ids: list[int], claim: str | None = None) -> None:
     """Delete rows by pk (those a run claimed, with its ``claim``): plain
-    DELETEs of at most 500 pks, without the collector and the model signals
+    DELETEs of at most PKS_AT_MOST pks, without the collector and the model signals
     that QuerySet.delete() would run for rows that have no relations."""
     connection = connections[alias]
     table, column = _names(connection)
@@ -159,7 +159,7 @@ def _claim(
     alias: str, ids: list[int], token: str, now: datetime, until: datetime
 ) -> list[int]:
     """Claim the rows no live run has, until ``until``: plain UPDATEs of at
-    most 500 pks, in autocommit. The pks claimed."""
+    most PKS_AT_MOST pks, in autocommit. The pks claimed."""
     from django_q_signals.models import OutboxCall
 
     State = OutboxCall.State
@@ -191,8 +191,12 @@ def _claim(
     if claimed == len(ids):
         return ids
     # Some were gone, or running elsewhere: which are ours?
-    rows = OutboxCall.objects.using(alias).filter(pk__in=ids, claim=token)
-    return list(rows.values_list("pk", flat=True))
+    ours = OutboxCall.objects.using(alias).filter(claim=token)
+    return [
+        pk
+        for chunk in _chunks(ids)
+        for pk in ours.filter(pk__in=chunk).values_list("pk", flat=True)
+    ]
 
 
 def _names(connection: Any) -> tuple[str, Callable[[str], str]]:
@@ -205,9 +209,14 @@ def _names(connection: Any) -> tuple[str, Callable[[str], str]]:
     )
 
 
+#: The most pks one statement names: within every database's limit on
+#: query parameters.
+PKS_AT_MOST = 500
+
+
 def _chunks(ids: list[int]) -> Iterator[list[int]]:
-    for start in range(0, len(ids), 500):
-        yield ids[start : start + 500]
+    for start in range(0, len(ids), PKS_AT_MOST):
+        yield ids[start : start + PKS_AT_MOST]
 
 
 def _marks(values: list[Any]) -> str:
@@ -273,10 +282,13 @@ def mark_sent(calls: Iterable[Call]) -> None:
     from django_q_signals.models import OutboxCall
 
     now = timezone.now()
+    live_claim = Q(state=OutboxCall.State.RUNNING, due__gt=now)
     for alias, ids in _ids_by_alias(calls).items():
-        live_claim = Q(state=OutboxCall.State.RUNNING, due__gt=now)
-        rows = OutboxCall.objects.using(alias).filter(pk__in=ids).exclude(live_claim)
-        rows.update(state=OutboxCall.State.SENT, sent=now, due=None)
+        for chunk in _chunks(ids):
+            rows = OutboxCall.objects.using(alias).filter(pk__in=chunk)
+            rows.exclude(live_claim).update(
+                state=OutboxCall.State.SENT, sent=now, due=None
+            )
 
 
 def _ids_by_alias(calls: Iterable[Call]) -> dict[str, list[int]]:
