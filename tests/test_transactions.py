@@ -98,33 +98,32 @@ def test_on_commit_false_queues_inside_the_transaction(connect: Connect[Any]) ->
     assert len(queued_tasks()) == (1 if broker_is_orm_on("default") else 2)
 
 
-def test_one_commit_is_one_write_to_the_broker(numbers: list[int]) -> None:
-    writes = broker_writes()
-    with CaptureQueriesContext(connection) as queries, transaction.atomic():
-        for n in range(5):
-            custom.send(sender=None, n=n)
-    if broker_is_orm_on("default"):
-        assert len([q for q in queries if "django_q_ormq" in q["sql"]]) == 1
-    else:
-        assert broker_writes() == writes + 1
-    run_queued()
-    assert numbers == [0, 1, 2, 3, 4]
-
-
-def test_a_large_commit_is_written_a_bounded_number_of_tasks_at_a_time(
-    numbers: list[int], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("at_most", "signals", "writes"),
+    [
+        (_queue.WRITE_AT_MOST, 5, 1),
+        # A large commit: a bounded number of tasks signed and written at once.
+        (3, 7, 3),
+    ],
+)
+def test_one_commit_is_one_write_to_the_broker(
+    numbers: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+    at_most: int,
+    signals: int,
+    writes: int,
 ) -> None:
-    monkeypatch.setattr(_queue, "WRITE_AT_MOST", 3)
-    writes = broker_writes()
+    monkeypatch.setattr(_queue, "WRITE_AT_MOST", at_most)
+    before = broker_writes()
     with CaptureQueriesContext(connection) as queries, transaction.atomic():
-        for n in range(7):
+        for n in range(signals):
             custom.send(sender=None, n=n)
     if broker_is_orm_on("default"):
-        assert len([q for q in queries if "django_q_ormq" in q["sql"]]) == 3
+        assert len([q for q in queries if "django_q_ormq" in q["sql"]]) == writes
     else:
-        assert broker_writes() == writes + 3
+        assert broker_writes() == before + writes
     run_queued()
-    assert numbers == [0, 1, 2, 3, 4, 5, 6]
+    assert numbers == list(range(signals))
 
 
 def broker_writes() -> int:
