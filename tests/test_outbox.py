@@ -218,6 +218,29 @@ def test_a_failed_call_keeps_its_error(connect: Connect[Any]) -> None:
     assert "Traceback (most recent call last)" in row.error
 
 
+def test_a_call_failed_before_it_was_marked_sent_stays_failed(
+    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @connect(custom, outbox=True)
+    def handler(**kwargs: Any) -> None:
+        raise RuntimeError("failed at once")
+
+    write = _brokers.write
+
+    def write_then_run(destination: Any, packs: list[str], tasks: Any) -> None:
+        write(destination, packs, tasks)
+        # A worker takes the task and fails it before this process goes on.
+        with pytest.raises(RuntimeError):
+            run_queued()
+
+    monkeypatch.setattr(_brokers, "write", write_then_run)
+    custom.send(sender=None)
+    [row] = OutboxCall.objects.all()
+    assert (row.state, row.attempts, row.due) == (State.FAILED, 1, None)
+    assert row.error.endswith("RuntimeError: failed at once")
+    assert _relay.run(now=timezone.now() + timedelta(hours=1)) == 0
+
+
 def test_retries_run_a_failed_call_again_when_due(connect: Connect[Any]) -> None:
     runs: list[str] = []
 
@@ -439,6 +462,67 @@ def test_the_relay_sends_again_sent_calls_the_broker_lost() -> None:
     purge()  # a worker took it and died
     assert _relay.run(now=later) == 1
     assert len(queued_tasks()) == 1
+
+
+@pytest.mark.usefixtures("titles")
+def test_the_relay_run_by_a_worker_does_not_count_its_own_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django_q.models import OrmQ
+    from django_q.signals import pre_execute
+    from django_q.signing import SignedPackage
+
+    from django_q_signals.worker import relay
+
+    if not Conf.ORM:
+        pytest.skip("the ORM broker keeps a running task in its table; Redis does not")
+    Article.objects.create(title="a")
+    purge()  # a worker took the call's task and died
+    OutboxCall.objects.update(sent=timezone.now() - timedelta(minutes=1))
+    # The cluster runs the scheduled relay as a task of the ORM broker, which
+    # keeps its row until the task ends.
+    relay_task = {"id": "1", "name": "relay", "func": "django_q_signals.worker.relay"}
+    own = OrmQ.objects.create(
+        key=Conf.CLUSTER_NAME,
+        payload=SignedPackage.dumps({**relay_task, "args": (), "kwargs": {}}),
+        lock=timezone.now(),
+    )
+    monkeypatch.setattr(_relay, "_running_task", None)
+    pre_execute.send(sender="django_q", func=relay, task={"ack_id": own.pk})
+    assert relay() == 1
+    funcs = [task["func"] for task in queued_tasks()]
+    assert funcs == ["django_q_signals.worker.relay", "django_q_signals.worker.run_call"]
+
+
+def test_the_relay_sends_the_calls_of_databases_that_answer(
+    titles: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from django.db import connections
+
+    with transaction.atomic():
+        Article.objects.create(title="a")
+    purge()
+    OutboxCall.objects.update(
+        state=State.QUEUED, created=timezone.now() - timedelta(minutes=1)
+    )
+    other = connections["other"]
+    other.close()
+    saved = dict(other.settings_dict)
+    if other.vendor == "sqlite":
+        other.settings_dict["NAME"] = "/nonexistent/directory/outbox.sqlite3"
+    else:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            other.settings_dict["PORT"] = sock.getsockname()[1]
+    try:
+        assert _relay.run() == 1
+    finally:
+        other.close()
+        other.settings_dict.update(saved)
+    run_queued()
+    assert titles == ["a"]
+    [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert error.startswith("Relay: the database 'other' could not be read")
 
 
 def test_the_relay_sends_each_due_call_once(titles: list[str]) -> None:

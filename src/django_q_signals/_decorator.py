@@ -8,13 +8,14 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from django.apps import apps
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models.base import ModelBase
 from django.dispatch import Signal
 from django.utils.inspect import func_accepts_kwargs
 
-from django_q_signals import _conf, _payload, _queue, _registry
+from django_q_signals import _conf, _outbox, _payload, _queue, _registry
 from django_q_signals.checks import check_outbox_installed
 
 if TYPE_CHECKING:
@@ -205,6 +206,11 @@ def _check_outbox(
 ) -> None:
     if not (outbox is None or isinstance(outbox, bool)):
         raise TypeError(f"outbox must be True, False or None, not {outbox!r}.")
+    if outbox and apps.apps_ready and not apps.is_installed("django_q_signals"):
+        # Before the app registry is ready, the first signal says it instead.
+        raise ImproperlyConfigured(
+            _outbox.missing_app_message("A receiver with outbox=True")
+        )
     if outbox and on_commit is False:
         raise TypeError(
             "outbox=True sends each call once its transaction has committed: it "

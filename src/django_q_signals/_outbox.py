@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, router
-from django.db.models import Q
+from django.db.models import F
 from django.utils import timezone
 
 from django_q_signals._payload import (
@@ -42,6 +44,22 @@ Ref = tuple[str, int]
 #: Seconds a claim outlasts the task's timeout: Django Q2 stops a task a
 #: little after its timeout, not at once.
 CLAIM_MARGIN = 5
+
+
+def require_app(receiver: Receiver) -> None:
+    """Refuse an outbox receiver's call where the outbox cannot exist: raised
+    in the signal, before the call could be written or lost."""
+    if not apps.is_installed("django_q_signals"):
+        raise ImproperlyConfigured(missing_app_message(receiver.key))
+
+
+def missing_app_message(key: str) -> str:
+    return (
+        f"{key} keeps its calls in the outbox (outbox=True, or "
+        "Q_SIGNALS['OUTBOX']), but 'django_q_signals' is not in INSTALLED_APPS, "
+        "so the outbox table does not exist. Add 'django_q_signals' to "
+        "INSTALLED_APPS and run migrate, or give the receiver outbox=False."
+    )
 
 
 def write(call: Call, replacing: Call | None = None) -> None:
@@ -276,19 +294,28 @@ def _has_table(alias: str) -> bool:
     return False
 
 
-def mark_sent(calls: Iterable[Call]) -> None:
-    """Record that ``calls`` are on the broker: ``sent``, unless a worker has
-    claimed them meanwhile."""
+def mark_sent(calls: Iterable[Call], *, resent: bool = False) -> None:
+    """Record that ``calls`` are on the broker.
+
+    A state only moves forward: a call sent after its commit is marked
+    ``sent`` only while it is still ``queued``, so a worker that already ran
+    or failed it keeps what it recorded. The relay (``resent``), which holds
+    the rows it sends locked, marks any of them that no live claim holds.
+    """
+    by_alias = _ids_by_alias(calls)
+    if not by_alias:
+        return  # No outbox rows: the app may not even be installed.
     from django_q_signals.models import OutboxCall
 
     now = timezone.now()
-    live_claim = Q(state=OutboxCall.State.RUNNING, due__gt=now)
-    for alias, ids in _ids_by_alias(calls).items():
+    for alias, ids in by_alias.items():
         for chunk in _chunks(ids):
             rows = OutboxCall.objects.using(alias).filter(pk__in=chunk)
-            rows.exclude(live_claim).update(
-                state=OutboxCall.State.SENT, sent=now, due=None
-            )
+            if resent:
+                rows = rows.exclude(state=OutboxCall.State.RUNNING, due__gt=now)
+            else:
+                rows = rows.filter(state=OutboxCall.State.QUEUED)
+            rows.update(state=OutboxCall.State.SENT, sent=now, due=None)
 
 
 def _ids_by_alias(calls: Iterable[Call]) -> dict[str, list[int]]:
@@ -338,6 +365,26 @@ class Claim:
                 by_alias[ref[0]].append(ref[1])
         for alias, ids in by_alias.items():
             _delete(alias, ids, claim=self.token)
+
+    def release(self, refs: Iterable[Ref | None]) -> None:
+        """Give back calls this run claimed and did not start: ``queued``
+        again, as if never claimed, to be sent again."""
+        from django_q_signals.models import OutboxCall
+
+        by_alias: dict[str, list[int]] = defaultdict(list)
+        for ref in refs:
+            if ref in self._claimed:
+                by_alias[ref[0]].append(ref[1])
+        for alias, ids in by_alias.items():
+            for chunk in _chunks(ids):
+                OutboxCall.objects.using(alias).filter(
+                    pk__in=chunk, claim=self.token
+                ).update(
+                    state=OutboxCall.State.QUEUED,
+                    claim="",
+                    due=None,
+                    attempts=F("attempts") - 1,
+                )
 
     def failed(self, ref: Ref | None, error: BaseException) -> None:
         """The handler raised: keep the row, with the error and the time of

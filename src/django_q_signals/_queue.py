@@ -49,7 +49,9 @@ diversions: list[Callable[[list[Call]], None]] = []
 def queue_call(call: Call) -> None:
     receiver = call.receiver
     outbox = receiver.uses_outbox
-    if not (outbox or receiver.waits_for_commit):
+    if outbox:
+        _outbox.require_app(receiver)
+    elif not receiver.waits_for_commit:
         send([call], raise_errors=True)
         return
     connection = transaction.get_connection(call.alias)
@@ -77,7 +79,9 @@ def queue_call(call: Call) -> None:
         )
 
 
-def send(calls: list[Call], *, raise_errors: bool = False) -> None:
+def send(
+    calls: list[Call], *, raise_errors: bool = False, resent: bool = False
+) -> None:
     """Put ``calls`` on their brokers, in firing order, one write per broker
     for each run of calls not split by a task that runs in sync mode (and
     of at most WRITE_AT_MOST tasks), and mark the outbox rows of those
@@ -85,7 +89,8 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
 
     Unless ``raise_errors``, a failure is logged with every call it concerns
     and not raised: the caller's transaction has already committed. Calls
-    with an outbox row stay in the outbox, for the relay.
+    with an outbox row stay in the outbox, for the relay. ``resent``: the
+    relay sends them again, from whatever state its locked rows are in.
     """
     if diversions:
         diversions[-1](calls)
@@ -102,7 +107,7 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
             # and now, and its errors reach the caller, as from async_task.
             from django_q.tasks import async_task
 
-            _write(writes, raise_errors=raise_errors)
+            _write(writes, raise_errors=raise_errors, resent=resent)
             writes, signed = {}, 0
             async_task(func, *args, q_options=options)
             continue
@@ -117,13 +122,16 @@ def send(calls: list[Call], *, raise_errors: bool = False) -> None:
         writes.setdefault(destination, []).append((task, pack))
         signed += 1
         if signed == WRITE_AT_MOST:
-            _write(writes, raise_errors=raise_errors)
+            _write(writes, raise_errors=raise_errors, resent=resent)
             writes, signed = {}, 0
-    _write(writes, raise_errors=raise_errors)
+    _write(writes, raise_errors=raise_errors, resent=resent)
 
 
 def _write(
-    writes: dict[Any, list[tuple[list[Call], str]]], *, raise_errors: bool
+    writes: dict[Any, list[tuple[list[Call], str]]],
+    *,
+    raise_errors: bool,
+    resent: bool,
 ) -> None:
     for destination, items in writes.items():
         tasks = [task for task, _ in items]
@@ -143,7 +151,9 @@ def _write(
                 exc_info=not cooling,
             )
         else:
-            _outbox.mark_sent(call for task in tasks for call in task)
+            _outbox.mark_sent(
+                (call for task in tasks for call in task), resent=resent
+            )
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("Queued %s", "; ".join(map(describe, tasks)))
 

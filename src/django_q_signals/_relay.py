@@ -20,7 +20,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from django.db import connections, router, transaction
+from django.db import DatabaseError, connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -51,7 +51,10 @@ def run(*, now: datetime | None = None, everything: bool = False) -> int:
     due = Q() if everything else _due(now)
     sent = 0
     for alias in aliases():
-        sent += send_again(OutboxCall.objects.using(alias).filter(due), now=now)
+        try:
+            sent += send_again(OutboxCall.objects.using(alias).filter(due), now=now)
+        except DatabaseError as exc:
+            _unreachable(alias, exc)
     if sent:
         logger.info("Relay: sent %d outbox call(s) again", sent)
     return sent
@@ -78,10 +81,27 @@ def aliases() -> list[str]:
     for alias in connections:
         if not router.allow_migrate_model(alias, OutboxCall):
             continue
-        tables = connections[alias].introspection.table_names()
+        try:
+            tables = connections[alias].introspection.table_names()
+        except DatabaseError as exc:
+            _unreachable(alias, exc)
+            continue
         if OutboxCall._meta.db_table in tables:
             found.append(alias)
     return found
+
+
+def _unreachable(alias: str, error: DatabaseError) -> None:
+    """A database that fails is skipped: the others' calls are still sent."""
+    logger.error(
+        "Relay: the database %r could not be read (%s: %s); its outbox calls "
+        "are sent at a later run",
+        alias,
+        type(error).__name__,
+        error,
+    )
+    # A broken connection would fail again at the next run: start afresh.
+    connections[alias].close_if_unusable_or_obsolete()
 
 
 def _send_chunk(rows: QuerySet[OutboxCall]) -> tuple[int, int]:
@@ -99,7 +119,7 @@ def _send_chunk(rows: QuerySet[OutboxCall]) -> tuple[int, int]:
         # Inside the transaction: its rows stay locked until they are on the
         # broker and marked sent (with the ORM broker on this database, in
         # the same commit).
-        _queue.send(calls)
+        _queue.send(calls, resent=True)
         return len(calls), chunk[-1].pk
 
 
@@ -142,14 +162,29 @@ def _broker_is_empty(destination: Any) -> bool:
         return bool(destination.queue_size() == 0)
     key = destination or Conf.CLUSTER_NAME
     if Conf.ORM and not (Conf.BROKER_CLASS or Conf.IRON_MQ or Conf.SQS):
-        # Taken tasks too: the ORM broker gives them out again itself.
-        return not OrmQ.objects.using(Conf.ORM).filter(key=key).exists()
+        # Taken tasks too: the ORM broker gives them out again itself. But
+        # not the task running this relay, which the broker holds until it
+        # ends.
+        waiting = OrmQ.objects.using(Conf.ORM).filter(key=key)
+        if _running_task is not None:
+            waiting = waiting.exclude(pk=_running_task)
+        return not waiting.exists()
     try:
         broker = _brokers.get_broker(key)
         return bool(broker.queue_size() == 0)
     except Exception:
         logger.warning("Relay: could not ask the broker for %r how full it is", key)
         return False
+
+
+#: The ORM broker's id of the task this worker process is running.
+_running_task: Any = None
+
+
+def note_running_task(task: dict[str, Any], **kwargs: Any) -> None:
+    """Connected to Django Q2's ``pre_execute``: which task runs here now."""
+    global _running_task
+    _running_task = task.get("ack_id")
 
 
 _unknown_told: set[str] = set()

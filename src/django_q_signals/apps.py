@@ -1,4 +1,4 @@
-from django.apps import AppConfig
+from django.apps import AppConfig, apps
 from django.core import checks
 
 
@@ -15,3 +15,12 @@ class DjangoQSignalsConfig(AppConfig):
         checks.register(signal_checks.check_retry_above_timeout)
         checks.register(signal_checks.check_receivers_importable)
         checks.register(signal_checks.check_relation_lookups)
+        if apps.is_installed("django_q"):
+            from django_q.signals import pre_execute
+
+            from django_q_signals import _relay
+
+            # The relay must not count its own task as one still queued.
+            pre_execute.connect(
+                _relay.note_running_task, dispatch_uid="django_q_signals._relay"
+            )

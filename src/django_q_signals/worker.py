@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from asgiref.sync import async_to_sync
 from django.core.exceptions import SynchronousOnlyOperation
 
+from django_q_signals import _queue
 from django_q_signals._outbox import Claim, Ref
 from django_q_signals._payload import (
     Arguments,
+    Call,
     Rows,
     Task,
     describe_rows,
@@ -25,6 +27,7 @@ from django_q_signals._payload import (
     rebuild,
 )
 from django_q_signals._registry import Receiver, get_receiver
+from django_q_signals._time_limit import TimeLimit
 
 logger = logging.getLogger("django_q_signals")
 
@@ -40,18 +43,20 @@ def run_call(payload: Any, outbox: Ref | None = None) -> Any:
     if claim and not claim.holds(outbox):
         _log_not_claimed(receiver, [outbox])
         return None
-    try:
+    with TimeLimit() as limit:
         try:
-            arguments = open_call(task.body, receiver, task.alias)
-        except ValueError as exc:
-            raise ValueError(f"A call to {receiver.key} failed: {exc}") from exc
-        result = _call(receiver, arguments, Rows(receiver, [arguments]))
-    except Exception as exc:
+            try:
+                arguments = open_call(task.body, receiver, task.alias)
+            except ValueError as exc:
+                raise ValueError(f"A call to {receiver.key} failed: {exc}") from exc
+            with limit.handler():
+                result = _call(receiver, arguments, Rows(receiver, [arguments]))
+        except BaseException as exc:
+            if claim and _is_failure(exc):
+                claim.failed(outbox, exc)
+            raise
         if claim:
-            claim.failed(outbox, exc)
-        raise
-    if claim:
-        claim.succeeded([outbox])
+            claim.succeeded([outbox])
     return result
 
 
@@ -63,6 +68,10 @@ def run_batch(payload: Any, outbox: Sequence[Ref | None] | None = None) -> int:
     Q2 records a failure. ``outbox``: where each call's outbox row is; the
     rows are claimed with one query, and calls another run has, or that are
     gone, are left out.
+
+    Django Q2's time limit fails the call it cuts short; the calls after it
+    are sent again as a task of their own, and the calls that returned are
+    never run again.
     """
     receiver, task = _find(payload)
     calls = list(task.body)
@@ -71,42 +80,119 @@ def run_batch(payload: Any, outbox: Sequence[Ref | None] | None = None) -> int:
     if claim:
         _log_not_claimed(receiver, [ref for ref in refs if not claim.holds(ref)])
     failures: dict[int, str] = {}
-    opened: list[tuple[int, Arguments, Ref | None]] = []
+    opened: list[_Opened] = []
     for number, (data, ref) in enumerate(zip(calls, refs, strict=True), 1):
         if claim and not claim.holds(ref):
             continue
         try:
-            opened.append((number, open_call(data, receiver, task.alias), ref))
+            arguments = open_call(data, receiver, task.alias)
         except ValueError as exc:
             logger.error("%s: call %d of %d: %s", receiver.key, number, len(calls), exc)
             failures[number] = f"call {number}: {exc}"
             if claim:
                 claim.failed(ref, exc)
-    rows = Rows(receiver, [arguments for _, arguments, _ in opened])
-    done = []
-    for number, arguments, ref in opened:
-        try:
-            _call(receiver, arguments, rows)
-        except Exception as exc:
-            logger.exception(
-                "%s: call %d of %d failed", receiver.key, number, len(calls)
-            )
-            failures[number] = (
-                f"call {number} ({describe_rows(arguments.kwargs)}): "
-                f"{type(exc).__name__}: {exc}"
-            )
-            if claim:
-                claim.failed(ref, exc)
         else:
-            done.append(ref)
-    if claim:
-        claim.succeeded(done)
+            opened.append(_Opened(number, data, arguments, ref))
+    rows = Rows(receiver, [call.arguments for call in opened])
+    done: list[Ref | None] = []
+    position = 0
+    running = False
+    with TimeLimit() as limit:
+        try:
+            for position, call in enumerate(opened):  # noqa: B007 (read on a cut)
+                limit.check()
+                running = True
+                try:
+                    with limit.handler():
+                        _call(receiver, call.arguments, rows)
+                except Exception as exc:
+                    logger.exception(
+                        "%s: call %d of %d failed", receiver.key, call.number, len(calls)
+                    )
+                    failures[call.number] = _failure(call, exc)
+                    if claim:
+                        claim.failed(call.ref, exc)
+                else:
+                    done.append(call.ref)
+                running = False
+        except BaseException as cut:
+            if isinstance(cut, Exception):
+                raise
+            cut_call = opened[position] if running else None
+            rest = opened[position + 1 :] if running else opened[position:]
+            raise _cut_short(receiver, task.alias, claim, cut, cut_call, rest, len(calls))
+        finally:
+            if claim:
+                claim.succeeded(done)
     if failures:
         raise BatchError(
             f"{len(failures)} of {len(calls)} calls to {receiver.key} failed: "
             + "; ".join(failures[number] for number in sorted(failures))
         )
     return len(calls)
+
+
+class _Opened(NamedTuple):
+    """A call of a batch, its arguments read."""
+
+    number: int
+    data: Any
+    arguments: Arguments
+    ref: Ref | None
+
+    def as_call(self, receiver: Receiver, alias: str) -> Call:
+        """The call as it is queued, to send it again."""
+        outbox_id = None if self.ref is None else self.ref[1]
+        return Call(receiver, alias, self.data, outbox_id=outbox_id)
+
+
+def _failure(call: _Opened, error: BaseException) -> str:
+    return (
+        f"call {call.number} ({describe_rows(call.arguments.kwargs)}): "
+        f"{type(error).__name__}: {error}"
+    )
+
+
+def _is_failure(error: BaseException) -> bool:
+    """Whether ``error`` is the call's failure: an exception of the handler's,
+    or Django Q2's time limit (a SystemExit). A worker being stopped
+    (KeyboardInterrupt) leaves the call to run again once its claim expires."""
+    return isinstance(error, (Exception, SystemExit))
+
+
+def _cut_short(
+    receiver: Receiver,
+    alias: str,
+    claim: Claim | None,
+    cut: BaseException,
+    cut_call: _Opened | None,
+    rest: list[_Opened],
+    total: int,
+) -> BaseException:
+    """Record a batch that the time limit (or a stop) cut short: the call it
+    cut failed, the calls after it are sent again. What to raise."""
+    said = []
+    if cut_call is not None:
+        rows = describe_rows(cut_call.arguments.kwargs)
+        said.append(
+            f"call {cut_call.number} of {total}{f' ({rows})' if rows else ''} "
+            "was cut short"
+        )
+        if claim and _is_failure(cut):
+            claim.failed(cut_call.ref, cut)
+    if rest:
+        numbers = ", ".join(str(call.number) for call in rest)
+        said.append(f"calls {numbers} did not run and were sent again")
+        if claim:
+            claim.release([call.ref for call in rest])
+        _queue.send([call.as_call(receiver, alias) for call in rest])
+    logger.error("%s: %s: %s", receiver.key, cut, "; ".join(said))
+    if not (isinstance(cut, SystemExit) and said):
+        return cut
+    try:
+        return type(cut)(f"{cut}; {receiver.key}: {'; '.join(said)}")
+    except TypeError:  # pragma: no cover (an exception class of its own)
+        return cut
 
 
 def relay() -> int:
