@@ -556,10 +556,49 @@ def test_the_relay_skips_rows_that_hold_no_call(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     Article.objects.create(title="a")
-    OutboxCall.objects.create(receiver="gone", payload=b"not a call")
+    OutboxCall.objects.create(receiver="gone", payload=_outbox.signed(b"not a call"))
     purge()
     assert _relay.run(everything=True) == 1
     assert "holds no call: not a call of this version" in caplog.text
+
+
+class Forged:
+    """A pickle that would run code of its choosing when loaded."""
+
+    loaded: list[str] = []
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Forged.loaded.append, ("ran the forger's code",))
+
+
+@pytest.mark.usefixtures("titles")
+def test_the_relay_refuses_a_row_it_did_not_sign(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    forged = pickle.dumps((_payload.FORMAT, "tests.x", None, Forged()))
+    OutboxCall.objects.create(receiver="tests.x", payload=bytes(32) + forged)
+    OutboxCall.objects.create(receiver="tests.x", payload=forged)
+    assert _relay.run(everything=True) == 0
+    assert Forged.loaded == []
+    refused = [r for r in caplog.records if "signature does not verify" in r.message]
+    assert [r.levelname for r in refused] == ["ERROR", "ERROR"]
+    assert queued_tasks() == []
+
+
+def test_rows_signed_with_a_previous_secret_key_are_still_sent(
+    titles: list[str],
+) -> None:
+    with override_settings(SECRET_KEY="the key before"):
+        Article.objects.create(title="a")
+    purge()
+    with override_settings(SECRET_KEY="the key now"):
+        assert _relay.run(everything=True) == 0
+    with override_settings(
+        SECRET_KEY="the key now", SECRET_KEY_FALLBACKS=["the key before"]
+    ):
+        assert _relay.run(everything=True) == 1
+        run_queued()
+    assert titles == ["a"]
 
 
 @pytest.mark.usefixtures("titles")
@@ -571,8 +610,9 @@ def test_the_relay_leaves_calls_of_receivers_it_does_not_know(
         Article.objects.create(title=title)
     purge()
     for row in OutboxCall.objects.all():
-        _, *rest = pickle.loads(row.payload)
-        row.payload = pickle.dumps((_payload.FORMAT, "tests.gone.reindex", *rest[1:]))
+        _, *rest = pickle.loads(row.payload[32:])
+        renamed = (_payload.FORMAT, "tests.gone.reindex", *rest[1:])
+        row.payload = _outbox.signed(pickle.dumps(renamed))
         row.save()
     assert _relay.run(everything=True) == 0
     assert _relay.run(everything=True) == 0
@@ -644,6 +684,28 @@ def test_a_broker_that_cannot_say_how_full_it_is_keeps_sent_calls_waiting(
     assert _relay.run(now=timezone.now() + timedelta(seconds=31)) == 0
     assert "Relay: could not ask the broker for 'tests' how full it is" in caplog.text
     assert states() == [State.SENT]
+
+
+def test_the_migration_signs_the_rows_written_unsigned(titles: list[str]) -> None:
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module(
+        "django_q_signals.migrations.0003_sign_payloads"
+    )
+    for title in "ab":
+        Article.objects.create(title=title)
+    purge()
+    first, second = OutboxCall.objects.order_by("pk")
+    # Written by 1.0, before rows were signed.
+    OutboxCall.objects.filter(pk=first.pk).update(payload=bytes(first.payload)[32:])
+    with connection.schema_editor() as editor:
+        migration.sign_payloads(apps, editor)
+    assert OutboxCall.objects.get(pk=second.pk).payload == second.payload
+    assert _relay.run(everything=True) == 2
+    run_queued()
+    assert sorted(titles) == ["a", "b"]
 
 
 def test_the_migration_schedules_the_relay() -> None:
