@@ -306,6 +306,7 @@ def test_a_bad_setting_is_reported_once_by_check(
     assert [r for r in caplog.records if r.name == "django_q_signals"] == []
 
 
+@pytest.mark.outbox
 def test_e007_outbox_receivers_without_the_app(connect: Connect[Any]) -> None:
     @connect(custom, outbox=True)
     def handler(**kwargs: Any) -> None:
@@ -329,6 +330,7 @@ def test_e007_the_outbox_setting_without_the_app(connect: Connect[Any]) -> None:
         assert ids(checks.check_outbox_installed()) == ["django_q_signals.E007"]
 
 
+@pytest.mark.outbox
 def test_e007_silent_with_the_app_or_without_outbox_receivers(
     connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

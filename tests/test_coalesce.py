@@ -11,7 +11,6 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import Signal
 
 from django_q_signals import _outbox, async_receiver
-from django_q_signals.models import OutboxCall
 from tests.conftest import Connect, custom, queued_tasks, rolled_back, run_queued
 from tests.models import Article, Author, ProxyArticle
 
@@ -200,7 +199,10 @@ def test_a_batch_of_many_rows_saved_three_times_is_a_call_per_row(
     assert titles == [f"{n} edited twice" for n in range(100)]
 
 
+@pytest.mark.outbox
 def test_with_the_outbox_a_row_keeps_one_call(connect: Connect[Any]) -> None:
+    from django_q_signals.models import OutboxCall
+
     @connect(post_save, sender=Article, coalesce=True, outbox=True)
     def reindex(**kwargs: Any) -> None:
         pass
@@ -219,7 +221,10 @@ def test_with_the_outbox_a_row_keeps_one_call(connect: Connect[Any]) -> None:
     assert OutboxCall.objects.count() == 0
 
 
+@pytest.mark.outbox
 def test_folding_outbox_rows_sends_no_model_signals(connect: Connect[Any]) -> None:
+    from django_q_signals.models import OutboxCall
+
     @connect(post_save, sender=Article, coalesce=True, outbox=True)
     def reindex(**kwargs: Any) -> None:
         pass
@@ -256,7 +261,10 @@ def test_a_savepoint_at_the_end_is_not_merged_and_both_calls_run(
     ]
 
 
+@pytest.mark.outbox
 def test_a_fold_a_newer_savepoint_could_undo_waits(connect: Connect[Any]) -> None:
+    from django_q_signals.models import OutboxCall
+
     ran: list[int] = []
 
     @connect(post_save, sender=Article, coalesce=True, outbox=True)
@@ -277,9 +285,12 @@ def test_a_fold_a_newer_savepoint_could_undo_waits(connect: Connect[Any]) -> Non
     assert OutboxCall.objects.count() == 0
 
 
+@pytest.mark.outbox
 def test_without_the_outbox_table_savepoint_calls_still_merge(
     connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from django_q_signals.models import OutboxCall
+
     ran: list[str] = []
 
     @connect(post_save, sender=Article, coalesce=True, outbox=True)

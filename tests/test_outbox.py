@@ -6,7 +6,7 @@ import logging
 import pickle
 import socket
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from django.conf import settings
@@ -491,7 +491,10 @@ def test_the_relay_run_by_a_worker_does_not_count_its_own_task(
     pre_execute.send(sender="django_q", func=relay, task={"ack_id": own.pk})
     assert relay() == 1
     funcs = [task["func"] for task in queued_tasks()]
-    assert funcs == ["django_q_signals.worker.relay", "django_q_signals.worker.run_call"]
+    assert funcs == [
+        "django_q_signals.worker.relay",
+        "django_q_signals.worker.run_call",
+    ]
 
 
 def test_the_relay_sends_the_calls_of_databases_that_answer(
@@ -565,7 +568,7 @@ def test_the_relay_skips_rows_that_hold_no_call(
 class Forged:
     """A pickle that would run code of its choosing when loaded."""
 
-    loaded: list[str] = []
+    loaded: ClassVar[list[str]] = []
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Forged.loaded.append, ("ran the forger's code",))

@@ -22,13 +22,11 @@ from django_q.timeout import TimeoutHandler
 
 from django_q_signals import _relay
 from django_q_signals._time_limit import TimeLimit
-from django_q_signals.models import OutboxCall
 from django_q_signals.worker import run_batch, run_call
 from tests.conftest import Connect, custom, purge, queued_tasks, run_queued
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
 
-State = OutboxCall.State
 #: What a handler that outlives the time limit does.
 OUTLIVE = 5
 
@@ -41,13 +39,20 @@ def run_within_a_second(func: Any, *args: Any) -> Any:
 
 def rows() -> list[tuple[str, int, str]]:
     """Each outbox row: state, attempts, the last line of its error."""
+    from django_q_signals.models import OutboxCall
+
     found = OutboxCall.objects.order_by("pk").values_list("state", "attempts", "error")
-    return [(state, attempts, error.rpartition("\n")[2]) for state, attempts, error in found]
+    return [
+        (state, attempts, error.rpartition("\n")[2]) for state, attempts, error in found
+    ]
 
 
+@pytest.mark.outbox
 def test_a_batch_cut_short_fails_that_call_and_sends_the_rest_again(
     connect: Connect[Any],
 ) -> None:
+    from django_q_signals.models import OutboxCall
+
     runs: list[int] = []
 
     @connect(custom, outbox=True, batch=True, retries=1)
@@ -71,8 +76,15 @@ def test_a_batch_cut_short_fails_that_call_and_sends_the_rest_again(
     assert "calls 3, 4 did not run and were sent again" in message
     # The call that returned is done; the one cut short failed, with a retry
     # due; the two after it were sent again, as one task.
-    limit = "django_q.exceptions.TimeoutException: Task exceeded maximum timeout value (1 seconds)"
-    assert rows() == [(State.FAILED, 1, limit), (State.SENT, 0, ""), (State.SENT, 0, "")]
+    limit = (
+        "django_q.exceptions.TimeoutException: "
+        "Task exceeded maximum timeout value (1 seconds)"
+    )
+    assert rows() == [
+        (OutboxCall.State.FAILED, 1, limit),
+        (OutboxCall.State.SENT, 0, ""),
+        (OutboxCall.State.SENT, 0, ""),
+    ]
     [again] = queued_tasks()
     assert [call[3] for call in again["args"][0][3]] == [2, 3]
 
@@ -86,9 +98,12 @@ def test_a_batch_cut_short_fails_that_call_and_sends_the_rest_again(
     assert OutboxCall.objects.count() == 0
 
 
+@pytest.mark.outbox
 def test_a_call_that_always_outlives_the_limit_fails_as_its_retries_say(
     connect: Connect[Any],
 ) -> None:
+    from django_q_signals.models import OutboxCall
+
     runs: list[str] = []
 
     @connect(custom, outbox=True, retries=1)
@@ -103,7 +118,7 @@ def test_a_call_that_always_outlives_the_limit_fails_as_its_retries_say(
         with pytest.raises(TimeoutException):
             run_within_a_second(run_call, *task["args"])
         [row] = OutboxCall.objects.all()
-        assert (row.state, row.attempts) == (State.FAILED, attempt)
+        assert (row.state, row.attempts) == (OutboxCall.State.FAILED, attempt)
         assert "TimeoutException" in row.error
         _relay.run(now=timezone.now() + timedelta(hours=1))
     # Out of retries: it stays failed, and the relay sends it no more.
@@ -128,7 +143,9 @@ def test_a_batch_without_the_outbox_sends_the_calls_after_the_cut_again(
             custom.send(sender=None, n=n)
     [task] = queued_tasks()
     purge()
-    with pytest.raises(TimeoutException, match="calls 2, 3 did not run and were sent again"):
+    with pytest.raises(
+        TimeoutException, match="calls 2, 3 did not run and were sent again"
+    ):
         run_within_a_second(run_batch, *task["args"])
     [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "call 1 of 3 was cut short" in error.getMessage()
@@ -138,9 +155,12 @@ def test_a_batch_without_the_outbox_sends_the_calls_after_the_cut_again(
     assert runs == [0, 1, 2]
 
 
+@pytest.mark.outbox
 def test_the_limit_reached_between_two_calls_stops_the_batch_before_the_next(
     connect: Connect[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
+    from django_q_signals.models import OutboxCall
+
     runs: list[int] = []
 
     @connect(custom, outbox=True, batch=True)
@@ -173,7 +193,11 @@ def test_the_limit_reached_between_two_calls_stops_the_batch_before_the_next(
     assert runs == [0]
     assert "cut short" not in str(cut.value)
     assert "calls 2, 3 did not run and were sent again" in str(cut.value)
-    assert [state for state, _, _ in rows()] == [State.FAILED, State.SENT, State.SENT]
+    assert [state for state, _, _ in rows()] == [
+        OutboxCall.State.FAILED,
+        OutboxCall.State.SENT,
+        OutboxCall.State.SENT,
+    ]
     run_queued()
     assert runs == [0, 1, 2]
 

@@ -17,7 +17,6 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from django_q_signals import _brokers, _queue
-from django_q_signals.models import OutboxCall
 from tests.conftest import (
     Connect,
     broker_is_orm_on,
@@ -195,7 +194,8 @@ def test_a_redis_that_refuses_connections_holds_no_request(
 
     started = time.monotonic()
     article = Article.objects.create(title="a")
-    assert time.monotonic() - started < 1
+    # redis-py's own retries, with backoff, would take several seconds.
+    assert time.monotonic() - started < 2
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 3
     assert all(f"pk={article.pk}" in r.getMessage() for r in errors)
@@ -280,6 +280,7 @@ def test_with_on_commit_false_a_broker_cooling_down_raises_at_once(
         Article.objects.create(title="second")
 
 
+@pytest.mark.outbox
 @pytest.mark.usefixtures("unreachable_redis")
 @pytest.mark.parametrize(
     ("outbox", "fate"),
@@ -294,6 +295,8 @@ def test_a_failure_to_queue_says_which_calls_the_outbox_keeps(
     outbox: tuple[bool, ...],
     fate: str,
 ) -> None:
+    from django_q_signals.models import OutboxCall
+
     for number, kept in enumerate(outbox):
 
         @connect(post_save, sender=Article, outbox=kept, dispatch_uid=str(number))
@@ -479,6 +482,7 @@ def test_manual_transaction_management_is_refused_as_on_commit_refuses_it(
         transaction.set_autocommit(True, using="other")
 
 
+@pytest.mark.outbox
 @pytest.mark.django_db(transaction=True, databases=["default", "other"])
 def test_in_manual_transaction_management_outbox_calls_wait_for_the_relay(
     connect: Connect[Any],

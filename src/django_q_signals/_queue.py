@@ -151,9 +151,7 @@ def _write(
                 exc_info=not cooling,
             )
         else:
-            _outbox.mark_sent(
-                (call for task in tasks for call in task), resent=resent
-            )
+            _outbox.mark_sent((call for task in tasks for call in task), resent=resent)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("Queued %s", "; ".join(map(describe, tasks)))
 

@@ -107,7 +107,10 @@ def run_batch(payload: Any, outbox: Sequence[Ref | None] | None = None) -> int:
                         _call(receiver, call.arguments, rows)
                 except Exception as exc:
                     logger.exception(
-                        "%s: call %d of %d failed", receiver.key, call.number, len(calls)
+                        "%s: call %d of %d failed",
+                        receiver.key,
+                        call.number,
+                        len(calls),
                     )
                     failures[call.number] = _failure(call, exc)
                     if claim:
@@ -120,7 +123,12 @@ def run_batch(payload: Any, outbox: Sequence[Ref | None] | None = None) -> int:
                 raise
             cut_call = opened[position] if running else None
             rest = opened[position + 1 :] if running else opened[position:]
-            raise _cut_short(receiver, task.alias, claim, cut, cut_call, rest, len(calls))
+            said = _cut_short(
+                receiver, task.alias, claim, cut, cut_call, rest, len(calls)
+            )
+            if said is cut:
+                raise
+            raise said from cut
         finally:
             if claim:
                 claim.succeeded(done)

@@ -160,3 +160,40 @@ def flaky(job: str, **kwargs: Any) -> None:
 def not_a_receiver(**kwargs: Any) -> None:
     """What a forged task would like to run: it must never be called."""
     deliver("not_a_receiver", repr(kwargs))
+
+
+# The time limit: a job named "hang..." outlives its task's timeout.
+
+overrun_job = Signal()
+#: The task timeout of the time limit test's receivers, in seconds.
+OVERRUN_TIMEOUT = 2
+
+
+def do_overrun(receiver: str, job: str) -> None:
+    deliver(f"{receiver}_attempt", job)
+    if job.startswith("hang"):
+        time.sleep(OVERRUN_TIMEOUT * 5)
+    deliver(receiver, job)
+
+
+_limited = {"q_options": {"timeout": OVERRUN_TIMEOUT}}
+
+
+@async_receiver(overrun_job, **_limited)
+def overrun(job: str, **kwargs: Any) -> None:
+    do_overrun("overrun", job)
+
+
+@async_receiver(overrun_job, batch=True, **_limited)
+def batched_overrun(job: str, **kwargs: Any) -> None:
+    do_overrun("batched_overrun", job)
+
+
+@async_receiver(overrun_job, outbox=True, retries=1, **_limited)
+def outbox_overrun(job: str, **kwargs: Any) -> None:
+    do_overrun("outbox_overrun", job)
+
+
+@async_receiver(overrun_job, outbox=True, retries=1, batch=True, **_limited)
+def batched_outbox_overrun(job: str, **kwargs: Any) -> None:
+    do_overrun("batched_outbox_overrun", job)
