@@ -39,11 +39,11 @@ def run_call(payload: Any, outbox: Ref | None = None) -> Any:
     nothing runs if another run has it or it is gone.
     """
     receiver, task = _find(payload)
-    claim = Claim(receiver, [outbox]) if outbox else None
-    if claim and not claim.holds(outbox):
-        _log_not_claimed(receiver, [outbox])
-        return None
     with TimeLimit() as limit:
+        claim = Claim(receiver, [outbox]) if outbox else None
+        if claim and not claim.holds(outbox):
+            _log_not_claimed(receiver, [outbox])
+            return None
         try:
             try:
                 arguments = open_call(task.body, receiver, task.alias)
@@ -75,67 +75,16 @@ def run_batch(payload: Any, outbox: Sequence[Ref | None] | None = None) -> int:
     """
     receiver, task = _find(payload)
     calls = list(task.body)
-    refs = list(outbox) if outbox else [None] * len(calls)
-    claim = Claim(receiver, refs) if outbox else None
-    if claim:
-        _log_not_claimed(receiver, [ref for ref in refs if not claim.holds(ref)])
-    failures: dict[int, str] = {}
-    opened: list[_Opened] = []
-    for number, (data, ref) in enumerate(zip(calls, refs, strict=True), 1):
-        if claim and not claim.holds(ref):
-            continue
-        try:
-            arguments = open_call(data, receiver, task.alias)
-        except ValueError as exc:
-            logger.error("%s: call %d of %d: %s", receiver.key, number, len(calls), exc)
-            failures[number] = f"call {number}: {exc}"
-            if claim:
-                claim.failed(ref, exc)
-        else:
-            opened.append(_Opened(number, data, arguments, ref))
-    rows = Rows(receiver, [call.arguments for call in opened])
-    done: list[Ref | None] = []
-    position = 0
-    running = False
     with TimeLimit() as limit:
+        batch = _Batch(receiver, task.alias, calls, outbox)
         try:
-            for position, call in enumerate(opened):  # noqa: B007 (read on a cut)
-                limit.check()
-                running = True
-                try:
-                    with limit.handler():
-                        _call(receiver, call.arguments, rows)
-                except Exception as exc:
-                    logger.exception(
-                        "%s: call %d of %d failed",
-                        receiver.key,
-                        call.number,
-                        len(calls),
-                    )
-                    failures[call.number] = _failure(call, exc)
-                    if claim:
-                        claim.failed(call.ref, exc)
-                else:
-                    done.append(call.ref)
-                running = False
-        except BaseException as cut:
-            if isinstance(cut, Exception):
-                raise
-            cut_call = opened[position] if running else None
-            rest = opened[position + 1 :] if running else opened[position:]
-            said = _cut_short(
-                receiver, task.alias, claim, cut, cut_call, rest, len(calls)
-            )
-            if said is cut:
-                raise
-            raise said from cut
+            batch.run(limit)
         finally:
-            if claim:
-                claim.succeeded(done)
-    if failures:
+            batch.record_done()
+    if batch.failures:
         raise BatchError(
-            f"{len(failures)} of {len(calls)} calls to {receiver.key} failed: "
-            + "; ".join(failures[number] for number in sorted(failures))
+            f"{len(batch.failures)} of {len(calls)} calls to {receiver.key} failed: "
+            + "; ".join(batch.failures[number] for number in sorted(batch.failures))
         )
     return len(calls)
 
@@ -154,6 +103,116 @@ class _Opened(NamedTuple):
         return Call(receiver, alias, self.data, outbox_id=outbox_id)
 
 
+class _Batch:
+    """One batch task's run: its calls claimed and opened, run in order,
+    and what became of each."""
+
+    def __init__(
+        self,
+        receiver: Receiver,
+        alias: str,
+        calls: list[Any],
+        outbox: Sequence[Ref | None] | None,
+    ) -> None:
+        self.receiver = receiver
+        self.alias = alias
+        self.total = len(calls)
+        refs = list(outbox) if outbox else [None] * len(calls)
+        self.claim = Claim(receiver, refs) if outbox else None
+        if self.claim:
+            not_claimed = [ref for ref in refs if not self.claim.holds(ref)]
+            _log_not_claimed(receiver, not_claimed)
+        #: The failed calls' errors, by number.
+        self.failures: dict[int, str] = {}
+        #: The refs of the calls whose handler returned.
+        self.done: list[Ref | None] = []
+        self.opened: list[_Opened] = []
+        for number, (data, ref) in enumerate(zip(calls, refs, strict=True), 1):
+            if self.claim and not self.claim.holds(ref):
+                continue
+            try:
+                arguments = open_call(data, receiver, alias)
+            except ValueError as exc:
+                logger.error(
+                    "%s: call %d of %d: %s", receiver.key, number, self.total, exc
+                )
+                self.failed(number, ref, f"call {number}: {exc}", exc)
+            else:
+                self.opened.append(_Opened(number, data, arguments, ref))
+
+    def failed(
+        self, number: int, ref: Ref | None, text: str, error: BaseException
+    ) -> None:
+        self.failures[number] = text
+        if self.claim:
+            self.claim.failed(ref, error)
+
+    def run(self, limit: TimeLimit) -> None:
+        """Call the handler for each call, in order. Stopped by the time
+        limit, the run records the call it cut short and sends the rest again."""
+        rows = Rows(self.receiver, [call.arguments for call in self.opened])
+        position, running = 0, False
+        try:
+            for position, call in enumerate(self.opened):  # noqa: B007 (read on a cut)
+                limit.check()
+                running = True
+                self._run_one(call, rows, limit)
+                running = False
+        except BaseException as cut:
+            if isinstance(cut, Exception):
+                raise
+            cut_call = self.opened[position] if running else None
+            rest = self.opened[position + 1 :] if running else self.opened[position:]
+            said = self._cut_short(cut, cut_call, rest)
+            if said is cut:
+                raise
+            raise said from cut
+
+    def _run_one(self, call: _Opened, rows: Rows, limit: TimeLimit) -> None:
+        try:
+            with limit.handler():
+                _call(self.receiver, call.arguments, rows)
+        except Exception as exc:
+            logger.exception(
+                "%s: call %d of %d failed", self.receiver.key, call.number, self.total
+            )
+            self.failed(call.number, call.ref, _failure(call, exc), exc)
+        else:
+            self.done.append(call.ref)
+
+    def record_done(self) -> None:
+        if self.claim:
+            self.claim.succeeded(self.done)
+
+    def _cut_short(
+        self, cut: BaseException, cut_call: _Opened | None, rest: list[_Opened]
+    ) -> BaseException:
+        """Record a run that the time limit (or a stop) cut short: the call
+        it cut failed, the calls after it are sent again. What to raise."""
+        said = []
+        if cut_call is not None:
+            rows = describe_rows(cut_call.arguments.kwargs)
+            said.append(
+                f"call {cut_call.number} of {self.total}"
+                f"{f' ({rows})' if rows else ''} was cut short"
+            )
+            if self.claim and _is_failure(cut):
+                self.claim.failed(cut_call.ref, cut)
+        if rest:
+            numbers = ", ".join(str(call.number) for call in rest)
+            said.append(f"calls {numbers} did not run and were sent again")
+            if self.claim:
+                self.claim.release([call.ref for call in rest])
+            _queue.send([call.as_call(self.receiver, self.alias) for call in rest])
+        logger.error("%s: %s: %s", self.receiver.key, cut, "; ".join(said))
+        if not (isinstance(cut, SystemExit) and said):
+            return cut
+        try:
+            return type(cut)(f"{cut}; {self.receiver.key}: {'; '.join(said)}")
+        except TypeError:  # pragma: no cover (an exception class of its own)
+            return cut
+
+
 def _failure(call: _Opened, error: BaseException) -> str:
     return (
         f"call {call.number} ({describe_rows(call.arguments.kwargs)}): "
@@ -166,41 +225,6 @@ def _is_failure(error: BaseException) -> bool:
     or Django Q2's time limit (a SystemExit). A worker being stopped
     (KeyboardInterrupt) leaves the call to run again once its claim expires."""
     return isinstance(error, (Exception, SystemExit))
-
-
-def _cut_short(
-    receiver: Receiver,
-    alias: str,
-    claim: Claim | None,
-    cut: BaseException,
-    cut_call: _Opened | None,
-    rest: list[_Opened],
-    total: int,
-) -> BaseException:
-    """Record a batch that the time limit (or a stop) cut short: the call it
-    cut failed, the calls after it are sent again. What to raise."""
-    said = []
-    if cut_call is not None:
-        rows = describe_rows(cut_call.arguments.kwargs)
-        said.append(
-            f"call {cut_call.number} of {total}{f' ({rows})' if rows else ''} "
-            "was cut short"
-        )
-        if claim and _is_failure(cut):
-            claim.failed(cut_call.ref, cut)
-    if rest:
-        numbers = ", ".join(str(call.number) for call in rest)
-        said.append(f"calls {numbers} did not run and were sent again")
-        if claim:
-            claim.release([call.ref for call in rest])
-        _queue.send([call.as_call(receiver, alias) for call in rest])
-    logger.error("%s: %s: %s", receiver.key, cut, "; ".join(said))
-    if not (isinstance(cut, SystemExit) and said):
-        return cut
-    try:
-        return type(cut)(f"{cut}; {receiver.key}: {'; '.join(said)}")
-    except TypeError:  # pragma: no cover (an exception class of its own)
-        return cut
 
 
 def relay() -> int:
