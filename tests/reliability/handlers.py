@@ -176,24 +176,24 @@ def do_overrun(receiver: str, job: str) -> None:
     deliver(receiver, job)
 
 
-_limited = {"q_options": {"timeout": OVERRUN_TIMEOUT}}
+_limited = {"timeout": OVERRUN_TIMEOUT}
 
 
-@async_receiver(overrun_job, **_limited)
+@async_receiver(overrun_job, q_options=_limited)
 def overrun(job: str, **kwargs: Any) -> None:
     do_overrun("overrun", job)
 
 
-@async_receiver(overrun_job, batch=True, **_limited)
+@async_receiver(overrun_job, batch=True, q_options=_limited)
 def batched_overrun(job: str, **kwargs: Any) -> None:
     do_overrun("batched_overrun", job)
 
 
-@async_receiver(overrun_job, outbox=True, retries=1, **_limited)
+@async_receiver(overrun_job, outbox=True, retries=1, q_options=_limited)
 def outbox_overrun(job: str, **kwargs: Any) -> None:
     do_overrun("outbox_overrun", job)
 
 
-@async_receiver(overrun_job, outbox=True, retries=1, batch=True, **_limited)
+@async_receiver(overrun_job, outbox=True, retries=1, batch=True, q_options=_limited)
 def batched_outbox_overrun(job: str, **kwargs: Any) -> None:
     do_overrun("batched_outbox_overrun", job)
