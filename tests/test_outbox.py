@@ -528,6 +528,30 @@ def test_the_relay_sends_the_calls_of_databases_that_answer(
     assert error.startswith("Relay: the database 'other' could not be read")
 
 
+def test_the_relay_goes_on_when_a_database_fails_in_the_middle(
+    titles: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from django.db import OperationalError, connections
+
+    Article.objects.create(title="a")
+    purge()
+    OutboxCall.objects.update(
+        state=State.QUEUED, created=timezone.now() - timedelta(minutes=1)
+    )
+
+    def lost_connection(execute: Any, sql: str, *args: Any) -> Any:
+        if "outboxcall" in sql:
+            raise OperationalError("server closed the connection unexpectedly")
+        return execute(sql, *args)
+
+    with connections["other"].execute_wrapper(lost_connection):
+        assert _relay.run() == 1
+    run_queued()
+    assert titles == ["a"]
+    [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "'other' could not be read (OperationalError: server closed" in error
+
+
 def test_the_relay_sends_each_due_call_once(titles: list[str]) -> None:
     with transaction.atomic():
         for n in range(3):

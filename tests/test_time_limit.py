@@ -221,3 +221,60 @@ def test_a_run_with_no_time_limit_is_left_as_it_is() -> None:
     with TimeLimit() as limit, limit.handler():
         assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
     limit.check()
+
+
+@pytest.mark.outbox
+def test_a_worker_stopped_inside_a_batch_leaves_that_call_to_its_claim(
+    connect: Connect[Any],
+) -> None:
+    """A stop (KeyboardInterrupt) is no failure of the call: it runs again
+    once its claim expires. The calls after it are sent again at once."""
+    from django_q_signals.models import OutboxCall
+
+    runs: list[int] = []
+
+    @connect(custom, outbox=True, batch=True)
+    def handler(n: int, **kwargs: Any) -> None:
+        runs.append(n)
+        if n == 0 and runs.count(0) == 1:
+            raise KeyboardInterrupt
+
+    with transaction.atomic():
+        for n in range(2):
+            custom.send(sender=None, n=n)
+    [task] = queued_tasks()
+    purge()
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(*task["args"])
+    assert [state for state, _, _ in rows()] == [
+        OutboxCall.State.RUNNING,
+        OutboxCall.State.SENT,
+    ]
+    run_queued()
+    assert runs == [0, 1]
+    # Its claim expires: the relay sends it again.
+    OutboxCall.objects.update(due=timezone.now() - timedelta(seconds=1))
+    _relay.run()
+    run_queued()
+    assert runs == [0, 1, 0]
+    assert not OutboxCall.objects.exists()
+
+
+def test_a_stop_at_the_last_call_of_a_batch_sends_nothing_again(
+    connect: Connect[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    @connect(custom, batch=True)
+    def handler(n: int, **kwargs: Any) -> None:
+        if n == 1:
+            raise KeyboardInterrupt
+
+    with transaction.atomic():
+        for n in range(2):
+            custom.send(sender=None, n=n)
+    [task] = queued_tasks()
+    purge()
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(*task["args"])
+    assert queued_tasks() == []
+    [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert error.endswith(": call 2 of 2 was cut short")

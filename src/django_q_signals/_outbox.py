@@ -376,6 +376,14 @@ def refs(calls: list[Call]) -> tuple[Ref | None, ...] | None:
     )
 
 
+def _by_alias(refs: Iterable[Ref | None]) -> Iterable[tuple[str, list[int]]]:
+    """Row pks by database alias."""
+    ids: dict[str, list[int]] = defaultdict(list)
+    for alias, pk in filter(None, refs):
+        ids[alias].append(pk)
+    return ids.items()
+
+
 class Claim:
     """The rows one task's run has claimed: nobody else runs them meanwhile."""
 
@@ -385,11 +393,7 @@ class Claim:
         now = timezone.now()
         until = now + timedelta(seconds=_claim_seconds(receiver))
         self._claimed: set[Ref] = set()
-        wanted: dict[str, list[int]] = defaultdict(list)
-        for ref in refs:
-            if ref is not None:
-                wanted[ref[0]].append(ref[1])
-        for alias, ids in wanted.items():
+        for alias, ids in _by_alias(refs):
             claimed = _claim(alias, ids, self.token, now, until)
             self._claimed.update((alias, pk) for pk in claimed)
 
@@ -399,11 +403,7 @@ class Claim:
 
     def succeeded(self, refs: Iterable[Ref | None]) -> None:
         """The handler returned: the calls are done, their rows go."""
-        by_alias: dict[str, list[int]] = defaultdict(list)
-        for ref in refs:
-            if ref in self._claimed:
-                by_alias[ref[0]].append(ref[1])
-        for alias, ids in by_alias.items():
+        for alias, ids in _by_alias(ref for ref in refs if ref in self._claimed):
             _delete(alias, ids, claim=self.token)
 
     def release(self, refs: Iterable[Ref | None]) -> None:
@@ -411,11 +411,7 @@ class Claim:
         again, as if never claimed, to be sent again."""
         from django_q_signals.models import OutboxCall
 
-        by_alias: dict[str, list[int]] = defaultdict(list)
-        for ref in refs:
-            if ref in self._claimed:
-                by_alias[ref[0]].append(ref[1])
-        for alias, ids in by_alias.items():
+        for alias, ids in _by_alias(ref for ref in refs if ref in self._claimed):
             for chunk in _chunks(ids):
                 OutboxCall.objects.using(alias).filter(
                     pk__in=chunk, claim=self.token

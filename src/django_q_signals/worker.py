@@ -158,9 +158,7 @@ class _Batch:
                 running = True
                 self._run_one(call, rows, limit)
                 running = False
-        except BaseException as cut:
-            if isinstance(cut, Exception):
-                raise
+        except (SystemExit, KeyboardInterrupt) as cut:
             cut_call = self.opened[position] if running else None
             rest = self.opened[position + 1 :] if running else self.opened[position:]
             said = self._cut_short(cut, cut_call, rest)
