@@ -5,21 +5,26 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 from django.db.models.signals import post_save
 
 from django_q_signals.models import OutboxCall
 from django_q_signals.worker import run_call
-from tests.conftest import Connect, purge, queued_tasks
+from tests.conftest import Connect, purge, queued_tasks, rolled_back
 from tests.models import Article
 
 if TYPE_CHECKING:
-    from pytest_django.live_server_helper import LiveServer
+    from pytest_django.fixtures import SettingsWrapper
     from selenium.webdriver.remote.webdriver import WebDriver
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -34,10 +39,70 @@ pytestmark = [
 
 
 @pytest.fixture
-def browser() -> Iterator[WebDriver]:
+def server(transactional_db: None, settings: SettingsWrapper) -> Iterator[str]:
+    """The project served on 127.0.0.1 by a thread of the test process: its URL.
+
+    The thread never shares the test's database connections: each request
+    opens its own, as in a deployment, and sees what the test committed.
+    (pytest-django's ``live_server`` shares SQLite connections that are in
+    memory when it starts, which can be before the test database exists; the
+    request threads and the test then use one SQLite connection at once, and
+    the process crashes.)
+    """
+    from django.contrib.staticfiles.handlers import StaticFilesHandler
+    from django.test.testcases import LiveServerThread
+
+    database = connections["default"]
+    assert database.vendor != "sqlite" or not database.is_in_memory_db(), (
+        "the test database is in memory, where the server's connections cannot "
+        "see it: give it a file (TEST NAME) in tests/settings.py"
+    )
+    settings.ALLOWED_HOSTS = ["127.0.0.1"]
+    thread = LiveServerThread("127.0.0.1", StaticFilesHandler, connections_override={})
+    thread.daemon = True
+    thread.start()
+    thread.is_ready.wait()
+    try:
+        if thread.error:
+            raise thread.error
+        yield f"http://127.0.0.1:{thread.port}"
+    finally:
+        thread.terminate()
+
+
+#: Runs beside the browser and waits for the test process to write "done". If
+#: its stdin closes before that (the test process died), it kills the process
+#: groups it was told of and removes the browser's folder.
+REAPER = """
+import os, shutil, signal, sys
+words = sys.stdin.read().split()
+if words[-1:] != ["done"]:
+    for group in words:
+        try:
+            os.killpg(int(group), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(sys.argv[1], ignore_errors=True)
+"""
+
+
+@pytest.fixture
+def browser(server: str) -> Iterator[WebDriver]:
+    """Chromium with a profile, temporary files and configuration of its own,
+    quit, with anything left of its processes killed and its folder removed,
+    however the test ends; quit before the server stops.
+    """
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    folder = tempfile.mkdtemp(prefix="qsignals-chromium-")
+    reaper = subprocess.Popen(
+        [sys.executable, "-c", REAPER, folder],
+        stdin=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert reaper.stdin is not None
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in (
@@ -45,16 +110,42 @@ def browser() -> Iterator[WebDriver]:
         "--no-sandbox",
         "--disable-gpu",
         "--disable-dev-shm-usage",
+        "--no-first-run",
         "--disable-background-networking",
         "--disable-component-update",
-        "--no-first-run",
+        "--disable-sync",
+        f"--user-data-dir={folder}/profile",
         "--window-size=1400,900",
     ):
         options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.implicitly_wait(5)
-    yield driver
-    driver.quit()
+    # Chromium's temporary files and its crash reports' database go in the
+    # folder too, not in /tmp and ~/.config.
+    env = {
+        **os.environ,
+        "TMPDIR": folder,
+        "XDG_CONFIG_HOME": folder,
+        "XDG_CACHE_HOME": folder,
+    }
+    # chromedriver leads a process group that Chromium's processes join.
+    service = Service(CHROMEDRIVER, env=env, popen_kw={"start_new_session": True})
+    try:
+        driver = webdriver.Chrome(service=service, options=options)
+        reaper.stdin.write(f"{service.process.pid}\n")
+        reaper.stdin.flush()
+        try:
+            driver.implicitly_wait(5)
+            yield driver
+        finally:
+            driver.quit()
+    finally:
+        process = getattr(service, "process", None)
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        shutil.rmtree(folder, ignore_errors=True)
+        reaper.stdin.write("done\n")
+        reaper.stdin.close()
+        reaper.wait()
 
 
 @pytest.fixture
@@ -81,13 +172,13 @@ def screenshot(browser: WebDriver, name: str) -> None:
 
 @pytest.mark.usefixtures("outbox")
 def test_an_admin_filters_the_outbox_sends_again_and_discards(
-    browser: WebDriver, live_server: LiveServer
+    server: str, browser: WebDriver
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
     User.objects.create_superuser("admin", "admin@example.com", "secret")
-    browser.get(f"{live_server.url}/admin/login/?next=/admin/")
+    browser.get(f"{server}/admin/login/?next=/admin/")
     browser.find_element(By.NAME, "username").send_keys("admin")
     browser.find_element(By.NAME, "password").send_keys("secret")
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
@@ -129,3 +220,19 @@ def test_an_admin_filters_the_outbox_sends_again_and_discards(
     )
     assert len(rows()) == 2
     screenshot(browser, "outbox-admin-after")
+
+
+def test_the_server_sees_only_what_the_test_committed(
+    server: str, browser: WebDriver
+) -> None:
+    """The server's requests have connections of their own, as in a deployment."""
+    from selenium.webdriver.common.by import By
+
+    with rolled_back():
+        User.objects.create_superuser("admin", "admin@example.com", "secret")
+        browser.get(f"{server}/admin/login/?next=/admin/")
+        browser.find_element(By.NAME, "username").send_keys("admin")
+        browser.find_element(By.NAME, "password").send_keys("secret")
+        browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+        error = browser.find_element(By.CSS_SELECTOR, ".errornote").text
+    assert error.startswith("Please enter the correct username and password")
