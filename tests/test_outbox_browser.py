@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connections
 from django.db.models.signals import post_save
+from django.test import override_settings
 
 from django_q_signals.models import OutboxCall
 from django_q_signals.worker import run_call
@@ -24,7 +24,6 @@ from tests.conftest import Connect, purge, queued_tasks, rolled_back
 from tests.models import Article
 
 if TYPE_CHECKING:
-    from pytest_django.fixtures import SettingsWrapper
     from selenium.webdriver.remote.webdriver import WebDriver
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -39,7 +38,7 @@ pytestmark = [
 
 
 @pytest.fixture
-def server(transactional_db: None, settings: SettingsWrapper) -> Iterator[str]:
+def server(transactional_db: None) -> Iterator[str]:
     """The project served on 127.0.0.1 by a thread of the test process: its URL.
 
     The thread never shares the test's database connections: each request
@@ -50,56 +49,69 @@ def server(transactional_db: None, settings: SettingsWrapper) -> Iterator[str]:
     the process crashes.)
     """
     from django.contrib.staticfiles.handlers import StaticFilesHandler
+    from django.db.backends.sqlite3.base import DatabaseWrapper as SQLite
     from django.test.testcases import LiveServerThread
 
     database = connections["default"]
-    assert database.vendor != "sqlite" or not database.is_in_memory_db(), (
+    assert not (isinstance(database, SQLite) and database.is_in_memory_db()), (
         "the test database is in memory, where the server's connections cannot "
         "see it: give it a file (TEST NAME) in tests/settings.py"
     )
-    settings.ALLOWED_HOSTS = ["127.0.0.1"]
     thread = LiveServerThread("127.0.0.1", StaticFilesHandler, connections_override={})
     thread.daemon = True
-    thread.start()
-    thread.is_ready.wait()
-    try:
-        if thread.error:
-            raise thread.error
-        yield f"http://127.0.0.1:{thread.port}"
-    finally:
-        thread.terminate()
+    with override_settings(ALLOWED_HOSTS=["127.0.0.1"]):
+        thread.start()
+        thread.is_ready.wait()
+        try:
+            if thread.error:
+                raise thread.error
+            yield f"http://127.0.0.1:{thread.port}"
+        finally:
+            thread.terminate()
 
 
-#: Runs beside the browser and waits for the test process to write "done". If
-#: its stdin closes before that (the test process died), it kills the process
-#: groups it was told of and removes the browser's folder.
+#: Waits beside the browser until the test process closes its stdin, as it
+#: does when it has quit the browser or when it dies, then kills every process
+#: still working in the browser's folder (chromedriver, Chromium and their
+#: children, whatever process group they lead) and removes the folder.
 REAPER = """
 import os, shutil, signal, sys
-words = sys.stdin.read().split()
-if words[-1:] != ["done"]:
-    for group in words:
+folder = sys.argv[1]
+sys.stdin.read()
+
+
+def kill_all():
+    killed = False
+    for pid in os.listdir("/proc"):
         try:
-            os.killpg(int(group), signal.SIGKILL)
-        except ProcessLookupError:
+            if os.readlink(f"/proc/{pid}/cwd") == folder:
+                os.kill(int(pid), signal.SIGKILL)
+                killed = True
+        except OSError:  # not a process, or gone, or a zombie
             pass
-    shutil.rmtree(sys.argv[1], ignore_errors=True)
+    return killed
+
+
+while os.path.isdir("/proc") and kill_all():  # until none is left to start another
+    pass
+shutil.rmtree(folder, ignore_errors=True)
 """
 
 
 @pytest.fixture
 def browser(server: str) -> Iterator[WebDriver]:
-    """Chromium with a profile, temporary files and configuration of its own,
-    quit, with anything left of its processes killed and its folder removed,
-    however the test ends; quit before the server stops.
+    """Chromium in a folder of its own (profile, temporary files, configuration),
+    quit before the server stops; then, however the test ends, even if the
+    test process dies, nothing of it is left: no process, no file.
     """
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    folder = tempfile.mkdtemp(prefix="qsignals-chromium-")
+    folder = os.path.realpath(tempfile.mkdtemp(prefix="qsignals-chromium-"))
+    # In its own session: a Ctrl-C in the terminal does not stop it.
     reaper = subprocess.Popen(
         [sys.executable, "-c", REAPER, folder],
         stdin=subprocess.PIPE,
-        text=True,
         start_new_session=True,
     )
     assert reaper.stdin is not None
@@ -118,32 +130,24 @@ def browser(server: str) -> Iterator[WebDriver]:
         "--window-size=1400,900",
     ):
         options.add_argument(argument)
-    # Chromium's temporary files and its crash reports' database go in the
-    # folder too, not in /tmp and ~/.config.
+    # Chromium's temporary files and crash reports go in the folder too, not in
+    # /tmp and ~/.config; its processes inherit the working directory, by which
+    # the reaper finds them.
     env = {
         **os.environ,
         "TMPDIR": folder,
         "XDG_CONFIG_HOME": folder,
         "XDG_CACHE_HOME": folder,
     }
-    # chromedriver leads a process group that Chromium's processes join.
-    service = Service(CHROMEDRIVER, env=env, popen_kw={"start_new_session": True})
+    service = Service(CHROMEDRIVER, env=env, popen_kw={"cwd": folder})
     try:
         driver = webdriver.Chrome(service=service, options=options)
-        reaper.stdin.write(f"{service.process.pid}\n")
-        reaper.stdin.flush()
         try:
             driver.implicitly_wait(5)
             yield driver
         finally:
             driver.quit()
     finally:
-        process = getattr(service, "process", None)
-        if process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-        shutil.rmtree(folder, ignore_errors=True)
-        reaper.stdin.write("done\n")
         reaper.stdin.close()
         reaper.wait()
 
