@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import uuid
 from collections.abc import Callable
@@ -207,6 +208,55 @@ def test_shows_the_options_that_are_set(connect: Connect[Any]) -> None:
     # A batch's failures are acknowledged, so it is never run again whole.
     assert shown["q_options"] == (
         f"task_name='articles', group='{path(handler)}', timeout=60, ack_failure=True"
+    )
+
+
+def test_shows_every_option_set(connect: Connect[Any]) -> None:
+    # All but snapshot, which coalesce refuses (the test above shows it).
+    @connect(
+        post_save,
+        sender=Article,
+        batch=20,
+        select_related=["author"],
+        prefetch_related=["tags"],
+        outbox=True,
+        coalesce=True,
+        retries=3,
+        retry_backoff=30,
+        q_options={"timeout": 60},
+    )
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    shown = blocks(qsignals())[path(handler)]
+    assert shown["options"] == (
+        "on_commit=True (default), batch=20, select_related=author, "
+        "prefetch_related=tags, outbox=True, coalesce=True, retries=3, "
+        "retry_backoff=30"
+    )
+    assert "timeout=60" in shown["q_options"]
+
+
+def test_every_receiver_option_is_described() -> None:
+    """A new option of Receiver must say where its default comes from, or
+    the listing cannot show it."""
+    options = {
+        option.name
+        for option in dataclasses.fields(_registry.Receiver)
+        if option.name not in _registry.IDENTITY_FIELDS
+        and not option.name.startswith("_")
+    }
+    assert options == set(_registry.OPTION_SETTINGS)
+
+
+@override_settings(Q_SIGNALS={"OUTBOX": True})
+def test_shows_the_outbox_from_settings(connect: Connect[Any]) -> None:
+    @connect(post_save, sender=Article)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["options"] == (
+        "on_commit=True (default), outbox=True (from Q_SIGNALS['OUTBOX'])"
     )
 
 

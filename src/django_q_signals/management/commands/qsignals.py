@@ -102,7 +102,7 @@ class Command(BaseCommand):
             label = "signals" if len(signals) > 1 else "signal"
             self._line(label, ", ".join(signals))
             self._line("sender", _sender(receiver.sender))
-            self._line("options", ", ".join(_options(receiver)))
+            self._line("options", ", ".join(receiver.describe_options()))
             options_text = ", ".join(
                 f"{name}={value!r}" for name, value in receiver.task_options().items()
             )
@@ -178,44 +178,8 @@ def _outbox_counts() -> dict[str, str]:
     }
 
 
-def _on_commit(receiver: Receiver) -> str:
-    if receiver.on_commit is None:
-        return f"on_commit={receiver.waits_for_commit} {_origin('ON_COMMIT')}"
-    return f"on_commit={receiver.on_commit}"
-
-
-def _origin(setting: str) -> str:
-    """Where a receiver's value comes from, when it did not set one itself."""
-    configured = getattr(settings, "Q_SIGNALS", {})
-    if isinstance(configured, dict) and setting in configured:
-        return f"(from Q_SIGNALS[{setting!r}])"
-    return "(default)"
-
-
 def _task_name(receiver: Receiver) -> str:
     return str(receiver.task_options()["task_name"])
-
-
-def _options(receiver: Receiver) -> list[str]:
-    options = [_on_commit(receiver)]
-    if receiver.is_batched:
-        options.append(_batch(receiver))
-    if receiver.snapshot:
-        options.append("snapshot=True")
-    for name, lookups in (
-        ("select_related", receiver.select_related),
-        ("prefetch_related", receiver.prefetch_related),
-    ):
-        if lookups:
-            options.append(f"{name}={','.join(lookups)}")
-    return options
-
-
-def _batch(receiver: Receiver) -> str:
-    if receiver.batch is True:
-        origin = _origin("BATCH_SIZE").strip("()")
-        return f"batch=True ({receiver.batch_size} calls per task, {origin})"
-    return f"batch={receiver.batch}"
 
 
 def _sender(sender: Any) -> str:
