@@ -636,11 +636,14 @@ def test_an_id_names_a_call_on_one_database() -> None:
     first = OutboxCall.objects.filter(state="failed").order_by("pk").first()
     assert first is not None
     failed_on_other(first.pk)
-    with pytest.raises(CommandError, match=re.escape(
-        f"Which database's call {first.pk}? Each database numbers its calls "
-        "from 1 (databases with the outbox table: 'default', 'other'): give "
-        f"--database ALIAS, or write the id as ALIAS:{first.pk}."
-    )):
+    with pytest.raises(
+        CommandError,
+        match=re.escape(
+            f"Which database's call {first.pk}? Each database numbers its calls "
+            "from 1 (databases with the outbox table: 'default', 'other'): give "
+            f"--database ALIAS, or write the id as ALIAS:{first.pk}."
+        ),
+    ):
         qsignals("discard", str(first.pk))
     assert qsignals("discard", f"default:{first.pk}") == "Discarded 1 outbox call(s).\n"
     assert OutboxCall.objects.using("other").filter(pk=first.pk).exists()
@@ -657,10 +660,13 @@ def test_an_id_that_names_no_call_is_refused_and_nothing_is_done() -> None:
 
     failed = OutboxCall.objects.filter(state="failed").order_by("pk")[0].pk
     sent = OutboxCall.objects.get(state="sent").pk
-    with pytest.raises(CommandError, match=re.escape(
-        f"No failed outbox call has the id default:{sent}, default:999: "
-        "nothing was done."
-    )):
+    with pytest.raises(
+        CommandError,
+        match=re.escape(
+            f"No failed outbox call has the id default:{sent}, default:999: "
+            "nothing was done."
+        ),
+    ):
         qsignals("discard", f"default:{failed}", f"default:{sent}", "default:999")
     assert OutboxCall.objects.count() == 3
 
@@ -668,10 +674,13 @@ def test_an_id_that_names_no_call_is_refused_and_nothing_is_done() -> None:
 @OUTBOX_DATABASES
 @pytest.mark.usefixtures("outbox_calls")
 def test_a_handler_that_names_no_call_is_refused() -> None:
-    with pytest.raises(CommandError, match=re.escape(
-        "No failed outbox call of the handler 'shop.nobody', on any database: "
-        "nothing was done."
-    )):
+    with pytest.raises(
+        CommandError,
+        match=re.escape(
+            "No failed outbox call of the handler 'shop.nobody', on any database: "
+            "nothing was done."
+        ),
+    ):
         qsignals("retry", "--handler", "shop.nobody")
 
 
@@ -681,13 +690,17 @@ def test_a_handler_that_names_no_call_is_refused() -> None:
     [
         (
             ["--database", "nowhere"],
-            "The database 'nowhere' has no outbox table (databases with the "
-            "outbox table: 'default', 'other').",
+            (
+                "The database 'nowhere' has no outbox table (databases with the "
+                "outbox table: 'default', 'other')."
+            ),
         ),
         (
             ["nowhere:1"],
-            "nowhere:1: the database 'nowhere' has no outbox table (databases "
-            "with the outbox table: 'default', 'other').",
+            (
+                "nowhere:1: the database 'nowhere' has no outbox table (databases "
+                "with the outbox table: 'default', 'other')."
+            ),
         ),
         (["--database", "default", "other:1"], "other:1 is on 'other', not 'default'."),
         (["one"], "'one' is not an outbox call's id: give ID or ALIAS:ID"),
@@ -733,9 +746,7 @@ def test_stats_name_each_receivers_failed_calls_by_database_and_id(
     )
     failed_on_other(1)
     shown = blocks(qsignals("--stats"))[path(outbox_calls)]
-    assert shown["failed calls"] == (
-        f"default:{ids[0]}, default:{ids[1]}, other:1"
-    )
+    assert shown["failed calls"] == (f"default:{ids[0]}, default:{ids[1]}, other:1")
     monkeypatch.setattr(qsignals_command, "_FAILED_NAMED", 2)
     shown = blocks(qsignals("--stats"))[path(outbox_calls)]
     assert shown["failed calls"] == f"default:{ids[0]}, default:{ids[1]} and 1 more"

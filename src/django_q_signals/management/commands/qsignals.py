@@ -164,7 +164,9 @@ def _outbox_action(action: str, options: dict[str, Any]) -> str:
     states = ["failed"] if action == "retry" else [options["state"]]
     if states == ["any"]:
         states = list(OUTBOX_STATES)
-    selected = _selected(states, options["ids"], options["handler"], options["database"])
+    selected = _selected(
+        states, options["ids"], options["handler"], options["database"]
+    )
     if action == "retry":
         sent = sum(_relay.send_again(rows) for rows in selected)
         return f"Sent {sent} failed outbox call(s) again."
