@@ -663,7 +663,7 @@ def test_an_id_that_names_no_call_is_refused_and_nothing_is_done() -> None:
     with pytest.raises(
         CommandError,
         match=re.escape(
-            f"No failed outbox call has the id default:{sent}, default:999: "
+            f"No failed outbox call has the ids default:{sent}, default:999: "
             "nothing was done."
         ),
     ):

@@ -236,7 +236,8 @@ def _selected(
         selected.append(rows)
     if missing:
         raise CommandError(
-            f"No {noun}{of} has the id {', '.join(missing)}: nothing was done."
+            f"No {noun}{of} has the {'id' if len(missing) == 1 else 'ids'} "
+            f"{', '.join(missing)}: nothing was done."
         )
     if handler and not ids and not any(rows.exists() for rows in selected):
         raise CommandError(f"No {noun}{of}, on any database: nothing was done.")
