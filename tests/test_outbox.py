@@ -481,10 +481,13 @@ def test_the_relay_skips_rows_that_hold_no_call(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     Article.objects.create(title="a")
-    OutboxCall.objects.create(receiver="gone", payload=b"not a call")
+    row = OutboxCall.objects.create(receiver="gone", payload=b"not a call")
     purge()
     assert _relay.run(everything=True) == 1
-    assert "holds no call: not a call of this version" in caplog.text
+    assert (
+        f"outbox row default:{row.pk} holds no call: not a call of this version"
+        in caplog.text
+    )
 
 
 @pytest.mark.usefixtures("titles")
