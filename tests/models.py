@@ -186,3 +186,10 @@ class Feature(Article):
 class Slug(models.Model):
     code = models.CharField(max_length=50, primary_key=True)
     title = models.CharField(max_length=100)
+
+
+class Price(models.Model):
+    """A pk the database keeps to two places: 1.5 comes back as 1.50."""
+
+    amount = models.DecimalField(primary_key=True, max_digits=8, decimal_places=2)
+    label = models.CharField(max_length=100, default="")

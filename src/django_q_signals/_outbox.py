@@ -23,7 +23,7 @@ from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, router
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from django_q_signals._payload import (
@@ -84,7 +84,7 @@ def write(call: Call, replacing: Call | None = None) -> None:
     if not _has_table(alias):
         return
     model_label = object_pk = ""
-    instance = call.instance_row()
+    instance = call.instance_pk()
     if instance is not None:
         model_label, object_pk = concrete_label(instance[0]), canonical_pk(instance[1])
     call.outbox_id = _insert(
@@ -466,9 +466,8 @@ def pending(
     """The outbox calls still to run for ``instance``'s row, in any state.
 
     ``handler`` narrows them to one handler: the decorated function, or its
-    dotted path.
+    dotted path (see ``of_handler``).
     """
-    from django_q_signals._registry import all_receivers
     from django_q_signals.models import OutboxCall
 
     model = type(instance)
@@ -480,7 +479,16 @@ def pending(
     )
     if handler is None:
         return calls
+    return calls.filter(of_handler(handler))
+
+
+def of_handler(handler: Callable[..., Any] | str) -> Q:
+    """The outbox calls of one handler: the decorated function, or its dotted
+    path, which are every receiver of that function (its key alone, or with
+    a ``#dispatch_uid``), or one receiver's key."""
+    from django_q_signals._registry import all_receivers
+
     if isinstance(handler, str):
-        return calls.filter(receiver=handler)
+        return Q(receiver=handler) | Q(receiver__startswith=f"{handler}#")
     keys = [receiver.key for receiver in all_receivers() if receiver.func == handler]
-    return calls.filter(receiver__in=keys)
+    return Q(receiver__in=keys)

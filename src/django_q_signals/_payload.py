@@ -141,7 +141,7 @@ def concrete_label(label: str) -> str:
 class Call:
     """One signal, as a receiver queues it."""
 
-    __slots__ = ("alias", "data", "outbox_id", "receiver")
+    __slots__ = ("alias", "data", "outbox_id", "pickled_instance", "receiver")
 
     def __init__(
         self,
@@ -157,6 +157,10 @@ class Call:
         self.data = data
         #: The pk of its outbox row, if it has one.
         self.outbox_id = outbox_id
+        #: The label and pk of its ``instance`` kwarg where that was pickled
+        #: (a snapshot, or a row being created) and has a pk: its outbox row
+        #: names that row, though the worker gets the instance as it was.
+        self.pickled_instance: tuple[str, Any] | None = None
 
     def __str__(self) -> str:
         rows = ", ".join(
@@ -190,6 +194,12 @@ class Call:
     def instance_row(self) -> tuple[str, Any, str] | None:
         """The row its ``instance`` kwarg refers to, if a saved one."""
         return next((row for name, row in self.rows() if name == "instance"), None)
+
+    def instance_pk(self) -> tuple[str, Any] | None:
+        """The model label and pk of its ``instance`` kwarg, loaded again by
+        the worker or pickled; None without one, or without a pk."""
+        row = self.instance_row()
+        return self.pickled_instance if row is None else (row[0], row[1])
 
     def payload(self) -> tuple[Any, ...]:
         """What a task for this call alone carries."""
@@ -274,12 +284,15 @@ def encode_call(
             kinds[0], sender_value = encoded
     names = []
     values = []
+    pickled_instance = None
     for name, value in kwargs.items():
         encoded = _encode(receiver, name, value, snapshot)
         if encoded is not None:
             names.append(name)
             kinds.append(encoded[0])
             values.append(encoded[1])
+            if encoded[0] == PICKLED and name == "instance":
+                pickled_instance = _label_and_pk(value)
     if alias is None:
         alias = next(
             (v[2] for k, v in zip(kinds[1:], values, strict=True) if k == ROW and v[2]),
@@ -303,7 +316,18 @@ def encode_call(
         sender_value,
         *values,
     )
-    return Call(receiver, alias, data)
+    call = Call(receiver, alias, data)
+    call.pickled_instance = pickled_instance
+    return call
+
+
+def _label_and_pk(value: Any) -> tuple[str, Any] | None:
+    """A model instance's label and pk, if it has a pk."""
+    if isinstance(value, Model):
+        pk = saved_pk(value)
+        if pk is not None:
+            return _label(type(value)), pk
+    return None
 
 
 def _layout_ref(names: tuple[str, ...], kinds: str) -> Any:
@@ -371,9 +395,21 @@ def saved_pk(instance: Model) -> Any:
 
 def canonical_pk(pk: Any) -> str:
     """A pk as text, the same for every value of one row's pk."""
+    pk = _normalized(pk)
     if isinstance(pk, tuple):
         return json.dumps([str(part) for part in pk])
     return str(pk)
+
+
+def _normalized(pk: Any) -> Any:
+    """A pk (as its field's ``to_python()`` gives it) with one form for
+    values the database holds as one: ``Decimal("1.50")`` is ``1.5``."""
+    if isinstance(pk, tuple):
+        return tuple(map(_normalized, pk))
+    if isinstance(pk, Decimal):
+        # Without trailing zeros or an exponent: 100, not 1E+2.
+        return Decimal(format(pk.normalize(), "f"))
+    return pk
 
 
 def _to_python(field: Any, pk: Any) -> Any:

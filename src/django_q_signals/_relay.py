@@ -195,7 +195,8 @@ def _call(row: Any, alias: str) -> Call | None:
     try:
         key, call_alias, data = _outbox.unpack(bytes(row.payload))
     except ValueError as exc:
-        logger.error("Relay: outbox row %s holds no call: %s", row.pk, exc)
+        # Named as `manage.py qsignals discard` takes it.
+        logger.error("Relay: outbox row %s:%s holds no call: %s", alias, row.pk, exc)
         return None
     receiver = get_receiver(key)
     if receiver is None:
