@@ -193,3 +193,13 @@ class Price(models.Model):
 
     amount = models.DecimalField(primary_key=True, max_digits=8, decimal_places=2)
     label = models.CharField(max_length=100, default="")
+
+
+class Issue(models.Model):
+    """Receivers with when= and previous=: a stage that moves, a flag set once."""
+
+    title = models.CharField(max_length=100)
+    stage = models.CharField(max_length=20, default="new")
+    alert_sent = models.BooleanField(default=False)
+    assignee = models.ForeignKey(Author, null=True, on_delete=models.SET_NULL)
+    labels = models.JSONField(default=list)

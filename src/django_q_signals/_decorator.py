@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from django.apps import apps
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.db.models import signals as model_signals
 from django.db.models.base import ModelBase
+from django.db.models.signals import post_save, pre_save
 from django.dispatch import Signal
 from django.utils.inspect import func_accepts_kwargs
 
-from django_q_signals import _conf, _outbox, _payload, _queue, _registry
+from django_q_signals import _conf, _outbox, _payload, _previous, _queue, _registry
 from django_q_signals.checks import check_outbox_installed
 
 if TYPE_CHECKING:
@@ -43,6 +45,8 @@ def async_receiver(
     outbox: bool | None = None,
     retries: int = 0,
     retry_backoff: float | None = None,
+    when: Callable[..., Any] | None = None,
+    previous: Sequence[str] | None = None,
 ) -> Callable[[Handler], Handler]:
     """Connect a handler to ``signal`` and run it in a Django Q2 worker.
 
@@ -56,7 +60,11 @@ def async_receiver(
     setting, False unless set), each call is also written to the outbox in
     the signal's transaction, so that none is lost between the commit and
     the broker and each runs once; ``retries`` and ``retry_backoff`` run a
-    failed call again. The decorated function is returned unchanged.
+    failed call again. ``when`` is called in the request with the
+    handler's arguments: a false result queues nothing. ``previous`` names
+    fields of a ``pre_save`` or ``post_save`` sender model whose values
+    before the save the handler (and ``when``) get as ``previous``. The
+    decorated function is returned unchanged.
     ``weak`` is accepted for symmetry with ``receiver``: the connection is
     always kept alive.
     """
@@ -74,6 +82,8 @@ def async_receiver(
             "select_related and prefetch_related apply to the sender's model: "
             f"give a model, or 'app_label.ModelName', as sender, not {sender!r}."
         )
+    _check_when(when)
+    fields = _check_previous(previous, signals, sender)
 
     def decorator(func: Handler) -> Handler:
         _check_handler(func)
@@ -97,8 +107,13 @@ def async_receiver(
             outbox=outbox,
             retries=retries,
             retry_backoff=retry_backoff,
+            when=when,
+            previous=fields,
         )
         _registry.register(receiver)
+        if fields:
+            # Its hooks run before the receiver: connected first.
+            _previous.watch(receiver)
         receive = _receive_for(receiver)
         for each in signals:
             each.connect(receive, sender=sender, weak=False, dispatch_uid=uid)
@@ -114,6 +129,8 @@ _OWN_APPS = ("django_q", "django_q_signals")
 def _receive_for(receiver: _registry.Receiver) -> Callable[..., None]:
     """The function Django calls when a signal fires: record the call, queue it."""
 
+    when, previous = receiver.when, receiver.previous
+
     def receive(signal: Signal, sender: Any, **kwargs: Any) -> None:
         # Saving a Django Q2 task or result, or an outbox row, must never
         # queue another task.
@@ -121,6 +138,10 @@ def _receive_for(receiver: _registry.Receiver) -> Callable[..., None]:
             isinstance(sender, ModelBase)
             and cast("type[Model]", sender)._meta.app_label in _OWN_APPS
         ):
+            return
+        if previous:
+            kwargs["previous"] = _previous.values_for(receiver, kwargs["instance"])
+        if when is not None and not when(signal=signal, sender=sender, **kwargs):
             return
         _queue.queue_call(_payload.encode_call(receiver, signal, sender, kwargs))
 
@@ -231,6 +252,62 @@ def _check_outbox(
         )
     if retry_backoff is not None and not retries:
         raise TypeError("retry_backoff needs retries: how many times to run it again.")
+
+
+def _check_when(when: Any) -> None:
+    if when is not None and not callable(when):
+        raise TypeError(
+            f"when must be a function that takes the handler's arguments and "
+            f"returns whether to queue the call, not {when!r}."
+        )
+
+
+def _check_previous(
+    previous: Sequence[str] | None, signals: tuple[Signal, ...], sender: Any
+) -> tuple[str, ...]:
+    if previous is None:
+        return ()
+    if (
+        isinstance(previous, str)
+        or not isinstance(previous, (list, tuple))
+        or not previous
+        or not all(isinstance(name, str) for name in previous)
+    ):
+        raise TypeError(
+            f"previous must be a list of field names, not {previous!r}."
+        )
+    others = [each for each in signals if each not in (pre_save, post_save)]
+    if others:
+        raise TypeError(
+            "previous= gives the values a model's fields had before a save: it "
+            "works for pre_save and post_save only, not for "
+            f"{', '.join(map(_signal_name, others))}."
+        )
+    if not _names_a_model(sender):
+        raise TypeError(
+            "previous= reads the fields of the sender's model: give a model, or "
+            f"'app_label.ModelName', as sender, not {sender!r}."
+        )
+    if apps.models_ready:
+        model = sender if isinstance(sender, ModelBase) else _lazy_model(sender)
+        problem = model and _previous.problem(model, previous)
+        if problem:
+            raise ImproperlyConfigured(problem)
+    return tuple(previous)
+
+
+def _lazy_model(label: str) -> type[Model] | None:
+    try:
+        return apps.get_model(label)
+    except (LookupError, ValueError):
+        return None  # Django's own check reports the lazy reference.
+
+
+def _signal_name(signal: Signal) -> str:
+    for name, each in vars(model_signals).items():
+        if each is signal:
+            return name
+    return repr(signal)
 
 
 def _check_batch(batch: bool | int) -> None:

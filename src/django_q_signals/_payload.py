@@ -208,16 +208,22 @@ class Call:
     def fold_into(self, later: Call) -> None:
         """Make ``later`` the one call for both. Where both are a model's
         pre_save or post_save and ``later`` has them: created if either was,
-        and the union of their update_fields: None (every field) if either's
-        was None, or was not a set of names, as in a save sent by hand."""
+        the union of their update_fields: None (every field) if either's
+        was None, or was not a set of names, as in a save sent by hand; and
+        the earlier's ``previous``: the values before the first save."""
         if not (self._is_a_save() and later._is_a_save()):
             return
         mine = self._plain_values()
         theirs = later._plain_values()
         data = list(later.data)
-        names = later.layout[0]
+        names, kinds = later.layout
+        kind_of = list(kinds)
         if mine.get("created") is True and "created" in theirs:
             data[3 + names.index("created")] = True
+        if "previous" in names and "previous" in self.layout[0]:
+            at = names.index("previous")
+            data[3 + at] = self.value("previous")
+            kind_of[1 + at] = self.layout[1][1 + self.layout[0].index("previous")]
         if "update_fields" in names:
             at = names.index("update_fields")
             a, b = mine.get("update_fields"), theirs.get("update_fields")
@@ -225,11 +231,9 @@ class Call:
             if isinstance(a, frozenset) and isinstance(b, frozenset):
                 merged = a | b
             data[3 + at] = merged
-            kinds = later.layout[1]
-            if kinds[1 + at] != PLAIN:  # sent by hand, as a list
-                data[1] = _layout_ref(
-                    names, f"{kinds[: 1 + at]}{PLAIN}{kinds[2 + at :]}"
-                )
+            kind_of[1 + at] = PLAIN  # A list, where sent by hand.
+        if "".join(kind_of) != kinds:
+            data[1] = _layout_ref(names, "".join(kind_of))
         later.data = tuple(data)
 
     def _is_a_save(self) -> bool:
@@ -286,6 +290,12 @@ def encode_call(
     values = []
     pickled_instance = None
     for name, value in kwargs.items():
+        if name == "previous" and receiver.previous and _is_plain_dict(value):
+            # Made for this call alone, so it cannot change: kept as it is.
+            names.append(name)
+            kinds.append(PLAIN)
+            values.append(value)
+            continue
         encoded = _encode(receiver, name, value, snapshot)
         if encoded is not None:
             names.append(name)
@@ -321,6 +331,10 @@ def encode_call(
     return call
 
 
+def _is_plain_dict(value: Any) -> bool:
+    return type(value) is dict and all(map(is_plain, value.values()))
+
+
 def _label_and_pk(value: Any) -> tuple[str, Any] | None:
     """A model instance's label and pk, if it has a pk."""
     if isinstance(value, Model):
@@ -342,7 +356,7 @@ def _encode(
     receiver: Receiver, name: str, value: Any, snapshot: bool
 ) -> tuple[str, Any] | None:
     """How a value is recorded: its kind and form, or None to leave it out."""
-    if _is_plain(value):
+    if is_plain(value):
         return PLAIN, value
     if isinstance(value, Model):
         if not (snapshot or value._state.adding):
@@ -369,7 +383,7 @@ def _encode(
         return None
 
 
-def _is_plain(value: Any, depth: int = 0) -> bool:
+def is_plain(value: Any, depth: int = 0) -> bool:
     """Whether a value cannot change and any Python unpickles it."""
     kind = type(value)
     if kind in _PLAIN_TYPES:
@@ -378,7 +392,7 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
         tzinfo = getattr(value, "tzinfo", None)
         return tzinfo is None or type(tzinfo) in _PLAIN_TZINFO
     if (kind is tuple or kind is frozenset) and depth < 3:
-        return all(_is_plain(item, depth + 1) for item in value)
+        return all(is_plain(item, depth + 1) for item in value)
     return False
 
 

@@ -50,6 +50,8 @@ OPTION_SETTINGS: dict[str, str | None] = {
     "coalesce": None,
     "retries": None,
     "retry_backoff": None,
+    "when": None,
+    "previous": None,
 }
 
 
@@ -75,6 +77,10 @@ class Receiver:
     coalesce: bool = False
     retries: int = 0
     retry_backoff: float | None = None
+    #: Called in the request: a false result queues nothing.
+    when: Callable[..., Any] | None = None
+    #: Fields whose values before the save the handler gets as ``previous``.
+    previous: tuple[str, ...] = ()
     _warned: set[str] = field(default_factory=set, init=False)
 
     @property
@@ -136,8 +142,7 @@ class Receiver:
                 if used or origin != "default":
                     described.append(f"{name}={used!r} ({origin})")
             elif value != option.default:
-                shown = ",".join(value) if isinstance(value, tuple) else repr(value)
-                described.append(f"{name}={shown}")
+                described.append(f"{name}={_shown(value)}")
         return described
 
     def task_options(self, config: _conf.Config | None = None) -> dict[str, Any]:
@@ -217,6 +222,16 @@ class Receiver:
         if name not in self._warned:
             self._warned.add(name)
             logger.warning(message, *args)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if callable(value):
+        module = getattr(value, "__module__", None)
+        name = getattr(value, "__qualname__", None)
+        return f"{module}.{name}" if module and name else repr(value)
+    return repr(value)
 
 
 _registry: dict[str, Receiver] = {}

@@ -12,7 +12,7 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db.models.constants import LOOKUP_SEP
 from django.db.models.fields.reverse_related import ForeignObjectRel
 
-from django_q_signals import _conf
+from django_q_signals import _conf, _previous
 from django_q_signals._registry import all_receivers
 
 if TYPE_CHECKING:
@@ -192,6 +192,28 @@ def check_relation_lookups(**kwargs: Any) -> list[CheckMessage]:
                             id="django_q_signals.E006",
                         )
                     )
+    return errors
+
+
+def check_previous_fields(**kwargs: Any) -> list[CheckMessage]:
+    """``previous`` names, for receivers decorated before the models were
+    ready (the others were checked at decoration)."""
+    errors: list[CheckMessage] = []
+    for receiver in all_receivers():
+        model = receiver.sender_model
+        if not receiver.previous or model is None or not receiver.is_connected():
+            continue
+        problem = _previous.problem(model, receiver.previous)
+        if problem:
+            errors.append(
+                Error(
+                    f"{receiver.key}: {problem}",
+                    hint="Name fields of the sender's model (a foreign key by "
+                    "its name or its column's, such as 'author' or 'author_id').",
+                    obj=receiver.func,
+                    id="django_q_signals.E008",
+                )
+            )
     return errors
 
 

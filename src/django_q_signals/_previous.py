@@ -1,0 +1,213 @@
+"""``previous=``: the values some fields had in the database before a save.
+
+For each model some receiver asks this of, three hooks run, connected before
+the receivers themselves so that they run first:
+
+- ``post_init`` keeps the values of the wanted fields an instance was made
+  with. They are trusted only once Django marks the instance as loaded from
+  the database (``_state.adding`` is False), as ``Model.from_db`` does right
+  after ``__init__``.
+- ``pre_save`` works out, once per save and for every receiver of the model,
+  the values before the save: None on a create, the kept values where they
+  can be trusted, and else one query for the fields that are missing.
+- ``post_save`` keeps the values the save wrote, so that the next save of the
+  same instance compares against them.
+
+Values kept after a save in a transaction are trusted only while that
+transaction, and every savepoint since, stands: Django gives the connection
+a new ``run_on_commit`` list at each commit, rollback and savepoint rollback,
+and the kept values hold the list they were written under.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from django.core.exceptions import FieldDoesNotExist
+from django.db import connections
+from django.db.models.signals import post_init, post_save, pre_save
+
+from django_q_signals._payload import is_plain
+
+if TYPE_CHECKING:
+    from django.db.models import Model
+
+    from django_q_signals._registry import Receiver
+
+# Keys of the instance's __dict__, next to its fields' values.
+_KEPT = "_qsignals_kept"  # {attname: value} as loaded or last saved
+_MARK = "_qsignals_mark"  # None where those are durable, else a _Written
+_BEFORE = "_qsignals_previous"  # {attname: value} before the save under way
+
+#: The receivers with ``previous``, by the sender they were connected for.
+_watchers: dict[Any, list[Receiver]] = {}
+#: The attnames wanted of each model, worked out at its first signal.
+_attnames: dict[type[Model], tuple[str, ...]] = {}
+#: Each receiver's field names and the attnames they are read from.
+_wanted: dict[Receiver, tuple[tuple[str, str], ...]] = {}
+
+
+def watch(receiver: Receiver) -> None:
+    """Keep what ``receiver`` needs; call before connecting it."""
+    sender = receiver.sender
+    _watchers.setdefault(sender, []).append(receiver)
+    _attnames.clear()
+    uid = "django_q_signals._previous"
+    post_init.connect(_keep, sender=sender, weak=False, dispatch_uid=uid)
+    pre_save.connect(_capture, sender=sender, weak=False, dispatch_uid=uid)
+    post_save.connect(_remember, sender=sender, weak=False, dispatch_uid=uid)
+
+
+def problem(model: type[Model], names: Sequence[str]) -> str | None:
+    """Why ``previous=names`` cannot be read on ``model``, if it cannot."""
+    for name in names:
+        try:
+            field = model._meta.get_field(name)
+        except FieldDoesNotExist:
+            field = None
+        if field is None or not field.concrete or field.many_to_many:
+            known = ", ".join(f.name for f in model._meta.concrete_fields)
+            return (
+                f"previous={list(names)!r}: {model._meta.label} has no field "
+                f"{name!r} stored in its table (its fields: {known})."
+            )
+    return None
+
+
+def values_for(receiver: Receiver, instance: Model) -> dict[str, Any]:
+    """``previous`` for ``receiver``: its fields' values before this save."""
+    before = instance.__dict__[_BEFORE]
+    wanted = _wanted.get(receiver)
+    if wanted is None:
+        model = type(instance)
+        wanted = _wanted[receiver] = tuple(
+            (name, model._meta.get_field(name).attname) for name in receiver.previous
+        )
+    return {name: before[attname] for name, attname in wanted}
+
+
+def _attnames_of(model: type[Model]) -> tuple[str, ...]:
+    found = _attnames.get(model)
+    if found is None:
+        names: dict[str, None] = {}
+        for sender, receivers in _watchers.items():
+            if sender is model or (
+                isinstance(sender, str) and sender.lower() == model._meta.label_lower
+            ):
+                for receiver in receivers:
+                    for name in receiver.previous:
+                        names[model._meta.get_field(name).attname] = None
+        found = _attnames[model] = tuple(names)
+    return found
+
+
+def _frozen(value: Any) -> Any:
+    """A value as it is now, safe from changes made in place later (a
+    JSONField's dict)."""
+    return value if is_plain(value) else copy.deepcopy(value)
+
+
+def _keep(sender: type[Model], instance: Model, **kwargs: Any) -> None:
+    values = instance.__dict__
+    values[_KEPT] = {
+        attname: _frozen(values[attname])
+        for attname in _attnames_of(sender)
+        if attname in values  # not a deferred field
+    }
+
+
+class _Written:
+    """The transaction some kept values were written in: its connection's
+    list of commit callbacks, which Django replaces when the transaction, or
+    a savepoint in it, ends otherwise than by a release."""
+
+    __slots__ = ("hooks",)
+
+    def __init__(self, hooks: list[Any] | None) -> None:
+        self.hooks = hooks
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A pickled or deep-copied instance is in no transaction of this
+        # process (and the callbacks would not pickle): its values are
+        # looked up again.
+        return (_Written, (None,))
+
+    def stands(self, using: str) -> bool:
+        return connections[using].run_on_commit is self.hooks
+
+
+def _mark(using: str) -> _Written | None:
+    """What makes values written now durable or not: None outside a
+    transaction."""
+    connection = connections[using]
+    if connection.in_atomic_block or not connection.get_autocommit():
+        return _Written(connection.run_on_commit)
+    return None
+
+
+def _trusted(instance: Model, using: str) -> dict[str, Any]:
+    """The kept values that are still those of the database."""
+    state = instance._state
+    values = instance.__dict__
+    if state.adding or state.db != using:
+        return {}
+    mark = values.get(_MARK)
+    if mark is not None and not mark.stands(using):
+        return {}  # Committed or rolled back since: which, it cannot tell.
+    return cast("dict[str, Any]", values.get(_KEPT, {}))
+
+
+def _is_a_create(instance: Model, raw: bool) -> bool:
+    """Whether Django will insert the row without looking for it."""
+    if not instance._state.adding:
+        return False
+    if instance.pk is None:
+        return True
+    # Django inserts at once an instance whose pk has a default.
+    pk = instance._meta.pk
+    return not raw and pk is not None and pk.has_default()
+
+
+def _capture(
+    sender: type[Model], instance: Model, raw: bool, using: str, **kwargs: Any
+) -> None:
+    attnames = _attnames_of(sender)
+    if _is_a_create(instance, raw):
+        instance.__dict__[_BEFORE] = dict.fromkeys(attnames)
+        return
+    kept = _trusted(instance, using)
+    before = {attname: kept[attname] for attname in attnames if attname in kept}
+    missing = [attname for attname in attnames if attname not in before]
+    if missing:
+        rows = sender._base_manager.db_manager(using).filter(pk=instance.pk)
+        row = next(iter(rows.values(*missing)), None)
+        found = dict.fromkeys(missing) if row is None else row
+        before.update(found)
+        # Now those of the database: kept for the next save.
+        instance.__dict__[_KEPT] = {**kept, **found}
+        instance.__dict__[_MARK] = _mark(using)
+    instance.__dict__[_BEFORE] = before
+
+
+def _remember(
+    sender: type[Model],
+    instance: Model,
+    using: str,
+    update_fields: frozenset[str] | None,
+    **kwargs: Any,
+) -> None:
+    values = instance.__dict__
+    kept = values.get(_KEPT)
+    if kept is None:
+        kept = values[_KEPT] = {}
+    saved = _attnames_of(sender)
+    if update_fields is not None:
+        meta = sender._meta
+        written = {meta.get_field(name).attname for name in update_fields}
+        saved = tuple(attname for attname in saved if attname in written)
+    for attname in saved:
+        if attname in values:
+            kept[attname] = _frozen(values[attname])
+    values[_MARK] = _mark(using)
