@@ -3,6 +3,7 @@ the values a model's fields had before the save."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -433,3 +434,62 @@ def test_fields_named_before_the_models_are_ready_are_checked(
     assert message.id == "django_q_signals.E008"
     assert message.obj is handler
     assert "tests.Issue has no field 'state'" in message.msg
+
+
+def test_previous_is_queued_as_it_is(connect: Connect[Any]) -> None:
+    @connect(post_save, sender=Issue, previous=["stage"])
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    Issue.objects.create(title="a")
+    [task] = queued_tasks()
+    data = task["args"][0][3]
+    assert {"stage": None} in data  # Not pickled: any worker reads it.
+
+
+def test_snapshots_of_instances_saved_in_a_transaction(connect: Connect[Any]) -> None:
+    received: list[tuple[str, dict[str, Any]]] = []
+
+    @connect(post_save, sender=Issue, snapshot=True, previous=["stage"])
+    def handler(instance: Issue, previous: dict[str, Any], **kwargs: Any) -> None:
+        received.append((instance.stage, previous))
+
+    with transaction.atomic():
+        issue = Issue.objects.create(title="a")
+        issue.stage = "done"
+        issue.save()
+    run_queued()
+    assert received == [("new", {"stage": None}), ("done", {"stage": "new"})]
+
+
+def test_a_signal_sent_by_hand_gets_what_the_database_holds(
+    connect: Connect[Any],
+) -> None:
+    received: list[dict[str, Any]] = []
+
+    @connect(post_save, sender=Issue, previous=["stage"])
+    def handler(previous: dict[str, Any], **kwargs: Any) -> None:
+        received.append(previous)
+
+    pk = Issue.objects.create(title="a", stage="triage").pk
+    run_queued()
+    received.clear()
+    post_save.send(
+        sender=Issue,
+        instance=Issue(pk=pk, stage="done"),
+        created=False,
+        update_fields=None,
+        raw=False,
+        using="default",
+    )
+    run_queued()
+    assert received == [{"stage": "triage"}]
+
+
+def test_the_listing_names_a_when_with_no_name(connect: Connect[Any]) -> None:
+    @connect(post_save, sender=Issue, when=functools.partial(not_alerted))
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    [receiver] = [r for r in _receivers() if r.func is handler]
+    assert receiver.describe_options()[-1].startswith("when=functools.partial(")

@@ -140,7 +140,9 @@ def _receive_for(receiver: _registry.Receiver) -> Callable[..., None]:
         ):
             return
         if previous:
-            kwargs["previous"] = _previous.values_for(receiver, kwargs["instance"])
+            kwargs["previous"] = _previous.values_for(
+                receiver, kwargs["instance"], kwargs["using"]
+            )
         if when is not None and not when(signal=signal, sender=sender, **kwargs):
             return
         _queue.queue_call(_payload.encode_call(receiver, signal, sender, kwargs))

@@ -76,9 +76,13 @@ def problem(model: type[Model], names: Sequence[str]) -> str | None:
     return None
 
 
-def values_for(receiver: Receiver, instance: Model) -> dict[str, Any]:
+def values_for(receiver: Receiver, instance: Model, using: str) -> dict[str, Any]:
     """``previous`` for ``receiver``: its fields' values before this save."""
-    before = instance.__dict__[_BEFORE]
+    before = instance.__dict__.get(_BEFORE)
+    if before is None:
+        # A signal sent by hand, not by a save: what the database holds.
+        _capture(type(instance), instance, raw=False, using=using)
+        before = instance.__dict__[_BEFORE]
     wanted = _wanted.get(receiver)
     if wanted is None:
         model = type(instance)
@@ -97,6 +101,8 @@ def _attnames_of(model: type[Model]) -> tuple[str, ...]:
                 isinstance(sender, str) and sender.lower() == model._meta.label_lower
             ):
                 for receiver in receivers:
+                    if problem(model, receiver.previous):
+                        continue  # An error of manage.py check (E008).
                     for name in receiver.previous:
                         names[model._meta.get_field(name).attname] = None
         found = _attnames[model] = tuple(names)
@@ -199,9 +205,7 @@ def _remember(
     **kwargs: Any,
 ) -> None:
     values = instance.__dict__
-    kept = values.get(_KEPT)
-    if kept is None:
-        kept = values[_KEPT] = {}
+    kept = values.setdefault(_KEPT, {})
     saved = _attnames_of(sender)
     if update_fields is not None:
         meta = sender._meta
