@@ -110,6 +110,11 @@ def async_receiver(
             when=when,
             previous=fields,
         )
+        model = receiver.sender_model if fields and apps.models_ready else None
+        problem = model and _previous.problem(model, fields)
+        if problem:
+            # Before the models are ready, manage.py check says it (E008).
+            raise ImproperlyConfigured(problem)
         _registry.register(receiver)
         if fields:
             # Its hooks run before the receiver: connected first.
@@ -141,7 +146,7 @@ def _receive_for(receiver: _registry.Receiver) -> Callable[..., None]:
             return
         if previous:
             kwargs["previous"] = _previous.values_for(
-                receiver, kwargs["instance"], kwargs["using"]
+                receiver, kwargs["instance"], kwargs.get("using")
             )
         if when is not None and not when(signal=signal, sender=sender, **kwargs):
             return
@@ -290,19 +295,7 @@ def _check_previous(
             "previous= reads the fields of the sender's model: give a model, or "
             f"'app_label.ModelName', as sender, not {sender!r}."
         )
-    if apps.models_ready:
-        model = sender if isinstance(sender, ModelBase) else _lazy_model(sender)
-        problem = model and _previous.problem(model, previous)
-        if problem:
-            raise ImproperlyConfigured(problem)
     return tuple(previous)
-
-
-def _lazy_model(label: str) -> type[Model] | None:
-    try:
-        return apps.get_model(label)
-    except (LookupError, ValueError):
-        return None  # Django's own check reports the lazy reference.
 
 
 def _signal_name(signal: Signal) -> str:

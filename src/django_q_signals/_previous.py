@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from django.core.exceptions import FieldDoesNotExist
-from django.db import connections
+from django.db import connections, router
 from django.db.models.signals import post_init, post_save, pre_save
 
 from django_q_signals._payload import is_plain
@@ -76,12 +76,12 @@ def problem(model: type[Model], names: Sequence[str]) -> str | None:
     return None
 
 
-def values_for(receiver: Receiver, instance: Model, using: str) -> dict[str, Any]:
+def values_for(receiver: Receiver, instance: Model, using: str | None) -> dict[str, Any]:
     """``previous`` for ``receiver``: its fields' values before this save."""
     before = instance.__dict__.get(_BEFORE)
     if before is None:
         # A signal sent by hand, not by a save: what the database holds.
-        _capture(type(instance), instance, raw=False, using=using)
+        _capture(type(instance), instance, using=using)
         before = instance.__dict__[_BEFORE]
     wanted = _wanted.get(receiver)
     if wanted is None:
@@ -165,6 +165,10 @@ def _trusted(instance: Model, using: str) -> dict[str, Any]:
     return cast("dict[str, Any]", values.get(_KEPT, {}))
 
 
+def _database_of(instance: Model) -> str:
+    return instance._state.db or router.db_for_write(type(instance), instance=instance)
+
+
 def _is_a_create(instance: Model, raw: bool) -> bool:
     """Whether Django will insert the row without looking for it."""
     if not instance._state.adding:
@@ -176,9 +180,9 @@ def _is_a_create(instance: Model, raw: bool) -> bool:
     return not raw and pk is not None and pk.has_default()
 
 
-def _capture(
-    sender: type[Model], instance: Model, raw: bool, using: str, **kwargs: Any
-) -> None:
+def _capture(sender: type[Model], instance: Model, **kwargs: Any) -> None:
+    raw = kwargs.get("raw", False)
+    using = kwargs.get("using") or _database_of(instance)
     attnames = _attnames_of(sender)
     if _is_a_create(instance, raw):
         instance.__dict__[_BEFORE] = dict.fromkeys(attnames)
@@ -197,13 +201,11 @@ def _capture(
     instance.__dict__[_BEFORE] = before
 
 
-def _remember(
-    sender: type[Model],
-    instance: Model,
-    using: str,
-    update_fields: frozenset[str] | None,
-    **kwargs: Any,
-) -> None:
+def _remember(sender: type[Model], instance: Model, **kwargs: Any) -> None:
+    using = kwargs.get("using")
+    update_fields = kwargs.get("update_fields")
+    if using is None:
+        return  # Sent by hand, not by a save: nothing was written.
     values = instance.__dict__
     kept = values.setdefault(_KEPT, {})
     saved = _attnames_of(sender)
@@ -211,7 +213,5 @@ def _remember(
         meta = sender._meta
         written = {meta.get_field(name).attname for name in update_fields}
         saved = tuple(attname for attname in saved if attname in written)
-    for attname in saved:
-        if attname in values:
-            kept[attname] = _frozen(values[attname])
+    kept.update({a: _frozen(values[a]) for a in saved if a in values})
     values[_MARK] = _mark(using)
