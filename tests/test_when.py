@@ -4,6 +4,7 @@ the values a model's fields had before the save."""
 from __future__ import annotations
 
 import functools
+import pickle
 from typing import Any
 
 import pytest
@@ -246,6 +247,18 @@ def test_previous_of_a_deferred_field_is_looked_up(seen: Seen) -> None:
     ]
 
 
+def test_a_copy_from_a_pickle_looks_previous_up(seen: Seen) -> None:
+    issue = Issue.objects.create(title="a")
+    cached = pickle.loads(pickle.dumps(issue))
+    Issue.objects.filter(pk=issue.pk).update(stage="triage")
+    cached.stage = "done"
+    with CaptureQueriesContext(connection) as queries:
+        cached.save()
+    assert issue_queries(queries) == ["SELECT", "UPDATE"]
+    run_queued()
+    assert seen[-1] == ("post_save", {"stage": "triage", "labels": []})
+
+
 def test_a_save_rolled_back_is_not_previous(seen: Seen) -> None:
     issue = Issue.objects.create(title="a")
     with transaction.atomic():
@@ -387,10 +400,15 @@ def _receivers() -> list[Any]:
     return all_receivers()
 
 
+async def async_when(**kwargs: Any) -> bool:
+    return True
+
+
 @pytest.mark.parametrize(
     ("signal", "sender", "options", "error"),
     [
         (post_save, Issue, {"when": True}, "when must be a function"),
+        (post_save, Issue, {"when": async_when}, "is an async function"),
         (post_save, Issue, {"previous": "stage"}, "previous must be a list"),
         (post_save, Issue, {"previous": []}, "previous must be a list"),
         (post_save, Issue, {"previous": [1]}, "previous must be a list"),

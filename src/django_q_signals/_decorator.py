@@ -267,6 +267,11 @@ def _check_when(when: Any) -> None:
             f"when must be a function that takes the handler's arguments and "
             f"returns whether to queue the call, not {when!r}."
         )
+    if inspect.iscoroutinefunction(when):
+        raise TypeError(
+            f"when={when.__qualname__} is an async function: it is called inside "
+            "save(), where nothing awaits it. Make it a plain function."
+        )
 
 
 def _check_previous(

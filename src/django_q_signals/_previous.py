@@ -16,14 +16,15 @@ the receivers themselves so that they run first:
 Values kept after a save in a transaction are trusted only while that
 transaction, and every savepoint since, stands: Django gives the connection
 a new ``run_on_commit`` list at each commit, rollback and savepoint rollback,
-and the kept values hold the list they were written under.
+and the kept values hold the list they were written under. A copy of an
+instance made by pickling (a cache) or ``copy.deepcopy`` trusts nothing.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import FieldDoesNotExist
 from django.db import connections, router
@@ -37,8 +38,7 @@ if TYPE_CHECKING:
     from django_q_signals._registry import Receiver
 
 # Keys of the instance's __dict__, next to its fields' values.
-_KEPT = "_qsignals_kept"  # {attname: value} as loaded or last saved
-_MARK = "_qsignals_mark"  # None where those are durable, else a _Written
+_KEPT = "_qsignals_kept"  # a _Kept
 _BEFORE = "_qsignals_previous"  # {attname: value} before the save under way
 
 #: The receivers with ``previous``, by the sender they were connected for.
@@ -115,54 +115,57 @@ def _frozen(value: Any) -> Any:
     return value if is_plain(value) else copy.deepcopy(value)
 
 
-def _keep(sender: type[Model], instance: Model, **kwargs: Any) -> None:
-    values = instance.__dict__
-    values[_KEPT] = {
-        attname: _frozen(values[attname])
-        for attname in _attnames_of(sender)
-        if attname in values  # not a deferred field
-    }
+class _Kept:
+    """The wanted fields' values as an instance last read or wrote them, and
+    the transaction they were written in (None: they are durable). Never
+    changed once made, as ``copy.copy`` of an instance shares it."""
 
+    __slots__ = ("hooks", "values")
 
-class _Written:
-    """The transaction some kept values were written in: its connection's
-    list of commit callbacks, which Django replaces when the transaction, or
-    a savepoint in it, ends otherwise than by a release."""
-
-    __slots__ = ("hooks",)
-
-    def __init__(self, hooks: list[Any] | None) -> None:
+    def __init__(self, values: dict[str, Any], hooks: list[Any] | None = None) -> None:
+        self.values = values
         self.hooks = hooks
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # A pickled or deep-copied instance is in no transaction of this
-        # process (and the callbacks would not pickle): its values are
-        # looked up again.
-        return (_Written, (None,))
+        # A pickled or deep-copied instance may be read back much later, and
+        # would carry the commit callbacks: it is looked up again.
+        return (_Kept, ({}, None))
 
-    def stands(self, using: str) -> bool:
-        return connections[using].run_on_commit is self.hooks
+    def trusted(self, using: str) -> dict[str, Any]:
+        hooks = self.hooks
+        if hooks is None or connections[using].run_on_commit is hooks:
+            return self.values
+        return {}  # Committed or rolled back since: which, it cannot tell.
 
 
-def _mark(using: str) -> _Written | None:
+def _keep(sender: type[Model], instance: Model, **kwargs: Any) -> None:
+    values = instance.__dict__
+    values[_KEPT] = _Kept(
+        {
+            attname: _frozen(values[attname])
+            for attname in _attnames_of(sender)
+            if attname in values  # not a deferred field
+        }
+    )
+
+
+def _hooks(using: str) -> list[Any] | None:
     """What makes values written now durable or not: None outside a
-    transaction."""
+    transaction, else the transaction's list of commit callbacks."""
     connection = connections[using]
     if connection.in_atomic_block or not connection.get_autocommit():
-        return _Written(connection.run_on_commit)
+        hooks: list[Any] = connection.run_on_commit
+        return hooks
     return None
 
 
 def _trusted(instance: Model, using: str) -> dict[str, Any]:
     """The kept values that are still those of the database."""
     state = instance._state
-    values = instance.__dict__
-    if state.adding or state.db != using:
+    kept = instance.__dict__.get(_KEPT)
+    if kept is None or state.adding or state.db != using:
         return {}
-    mark = values.get(_MARK)
-    if mark is not None and not mark.stands(using):
-        return {}  # Committed or rolled back since: which, it cannot tell.
-    return cast("dict[str, Any]", values.get(_KEPT, {}))
+    return kept.trusted(using)
 
 
 def _database_of(instance: Model) -> str:
@@ -193,25 +196,21 @@ def _capture(sender: type[Model], instance: Model, **kwargs: Any) -> None:
     if missing:
         rows = sender._base_manager.db_manager(using).filter(pk=instance.pk)
         row = next(iter(rows.values(*missing)), None)
-        found = dict.fromkeys(missing) if row is None else row
-        before.update(found)
-        # Now those of the database: kept for the next save.
-        instance.__dict__[_KEPT] = {**kept, **found}
-        instance.__dict__[_MARK] = _mark(using)
+        before.update(dict.fromkeys(missing) if row is None else row)
     instance.__dict__[_BEFORE] = before
 
 
 def _remember(sender: type[Model], instance: Model, **kwargs: Any) -> None:
     using = kwargs.get("using")
-    update_fields = kwargs.get("update_fields")
-    if using is None:
+    before = instance.__dict__.get(_BEFORE)
+    if using is None or before is None:
         return  # Sent by hand, not by a save: nothing was written.
-    values = instance.__dict__
-    kept = values.setdefault(_KEPT, {})
     saved = _attnames_of(sender)
+    update_fields = kwargs.get("update_fields")
     if update_fields is not None:
         meta = sender._meta
         written = {meta.get_field(name).attname for name in update_fields}
         saved = tuple(attname for attname in saved if attname in written)
-    kept.update({a: _frozen(values[a]) for a in saved if a in values})
-    values[_MARK] = _mark(using)
+    values = instance.__dict__
+    after = {**before, **{a: _frozen(values[a]) for a in saved if a in values}}
+    values[_KEPT] = _Kept(after, _hooks(using))
