@@ -35,6 +35,9 @@ TEST_DEPS = [
     # The outbox admin's browser test drives Debian's chromium.
     "selenium",
     "psycopg[binary]",
+    # Django's MySQL and MariaDB driver: builds against Debian's
+    # libmariadb-dev, with pkg-config (.ci/run installs them).
+    "mysqlclient",
 ]
 DOCS_DEPS = ["sphinx", "furo", "myst-parser"]
 # The cog blocks in these files `import noxfile`: hence -I . and nox installed.
@@ -52,41 +55,73 @@ nox.options.download_python = "never"
 # are set does the second pass run; nothing else in the environment (another
 # project's DATABASE_URL or REDIS_URL) is ever read.
 SERVICE_VARIABLES = ("QSIGNALS_DATABASE_URL", "QSIGNALS_REDIS_URL")
+# The variable that points the tests at MySQL or MariaDB: the third pass.
+MYSQL_VARIABLE = "QSIGNALS_MYSQL_URL"
+ALL_VARIABLES = (*SERVICE_VARIABLES, MYSQL_VARIABLE)
 
 
-def run_tests(session: nox.Session, *command: str) -> bool:
-    """The suite on SQLite with the ORM broker, then, where the service
-    variables are set, on PostgreSQL with Redis. Whether the second ran.
+def run_tests(session: nox.Session, *command: str, mysql: bool = True) -> bool:
+    """The suite on SQLite with the ORM broker; where the service variables
+    are set, on PostgreSQL with Redis; and where QSIGNALS_MYSQL_URL is set
+    (and ``mysql``), on MySQL or MariaDB with the ORM broker on it. Whether
+    every pass ran.
 
     The slow load and fault tests are left to `nox -s reliability`.
     """
-    without_services = dict.fromkeys(SERVICE_VARIABLES, "")
-    session.run(*command, "-m", "not services", *session.posargs, env=without_services)
+    required = os.environ.get("REQUIRE_SERVICES") == "1"
+    only = {name: "" for name in ALL_VARIABLES}
+    session.run(*command, "-m", "not services", *session.posargs, env=only)
+    every = True
     missing = [name for name in SERVICE_VARIABLES if not os.environ.get(name)]
     if missing:
-        if os.environ.get("REQUIRE_SERVICES") == "1":
+        if required:
             session.error(f"REQUIRE_SERVICES=1, but {' and '.join(missing)} not set")
         session.log(
             f"Not run on PostgreSQL and Redis: set {' and '.join(SERVICE_VARIABLES)} "
             "to run the suite there too (see CONTRIBUTING.md)."
         )
+        every = False
+    else:
+        session.run(
+            *command,
+            "-m",
+            "not reliability",
+            *session.posargs,
+            env={**only, **{name: os.environ[name] for name in SERVICE_VARIABLES}},
+        )
+    if not mysql:
         return False
-    session.run(*command, "-m", "not reliability", *session.posargs)
-    return True
+    if not os.environ.get(MYSQL_VARIABLE):
+        if required:
+            session.error(f"REQUIRE_SERVICES=1, but {MYSQL_VARIABLE} not set")
+        session.log(
+            f"Not run on MySQL or MariaDB: set {MYSQL_VARIABLE} to run the suite "
+            "there too (see CONTRIBUTING.md)."
+        )
+        return False
+    # The ORM broker on MySQL or MariaDB itself: Redis is the second pass's.
+    session.run(
+        *command,
+        "-m",
+        "not reliability and not redis",
+        *session.posargs,
+        env={**only, MYSQL_VARIABLE: os.environ[MYSQL_VARIABLE]},
+    )
+    return every
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the tests under coverage: 100% branch coverage where both passes ran."""
+    """Run the tests under coverage: 100% branch coverage where every pass ran."""
     session.install("-e", ".", *TEST_DEPS)
     session.run("coverage", "erase")
     # `patch = ["subprocess"]` in pyproject.toml makes the qcluster processes the
     # tests start record coverage too; `coverage combine` merges their files.
-    both = run_tests(session, "coverage", "run", "-m", "pytest")
+    every = run_tests(session, "coverage", "run", "-m", "pytest")
     session.run("coverage", "combine", "--quiet")
-    # Some lines only run on PostgreSQL, and a subset of the tests
+    # Some lines only run on PostgreSQL or MySQL, and a subset of the tests
     # (`nox -s tests -- -k name`) cannot reach 100% either.
-    if both and not session.posargs:
+    if every and not session.posargs:
         session.run("coverage", "report")
     else:
         session.run("coverage", "report", "--fail-under=0")
@@ -96,6 +131,7 @@ def tests(session: nox.Session) -> None:
 RELIABILITY_SERVICES = {
     "QSIGNALS_DATABASE_URL": "postgres://postgres@127.0.0.1:5432/qsignals_reliability",
     "QSIGNALS_REDIS_URL": "redis://127.0.0.1:6379/14",
+    "QSIGNALS_MYSQL_URL": "",
 }
 
 
@@ -123,7 +159,8 @@ def matrix(session: nox.Session, django: str) -> None:
     """Run the tests against each supported (Python, Django) pair."""
     # The built wheel, not the source tree, so packaging mistakes show up here.
     session.install(".", f"django~={django}.0", *TEST_DEPS)
-    run_tests(session, "pytest")
+    # MySQL and MariaDB once, in `nox -s tests`: CI's time goes on the pairs.
+    run_tests(session, "pytest", mysql=False)
 
 
 @nox.session

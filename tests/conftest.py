@@ -251,22 +251,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> No
         f"{name} at {url} is not reachable"
         for name, url in (
             ("PostgreSQL", settings.QSIGNALS_DATABASE_URL),
+            ("MySQL or MariaDB", settings.QSIGNALS_MYSQL_URL),
             ("Redis", settings.QSIGNALS_REDIS_URL),
         )
         if url and _unreachable(url)
     ]
-    if not (settings.QSIGNALS_DATABASE_URL and settings.QSIGNALS_REDIS_URL):
-        problems.append(
-            "needs PostgreSQL and Redis: set QSIGNALS_DATABASE_URL and "
-            "QSIGNALS_REDIS_URL (see CONTRIBUTING.md)"
+    reasons: dict[str, str] = {}
+    if not (
+        (settings.QSIGNALS_DATABASE_URL and settings.QSIGNALS_REDIS_URL)
+        or settings.QSIGNALS_MYSQL_URL
+    ):
+        reasons["services"] = (
+            "needs PostgreSQL and Redis, or MySQL or MariaDB: set "
+            "QSIGNALS_DATABASE_URL and QSIGNALS_REDIS_URL, or QSIGNALS_MYSQL_URL "
+            "(see CONTRIBUTING.md)"
         )
-        affected = [item for item in items if item.get_closest_marker("services")]
-    else:
-        affected = items if problems else []
-    if not affected:
+    if not settings.QSIGNALS_REDIS_URL:
+        reasons["redis"] = "needs Redis: set QSIGNALS_REDIS_URL (see CONTRIBUTING.md)"
+    skips = []
+    for item in items:
+        why = problems or [
+            reason for marker, reason in reasons.items() if item.get_closest_marker(marker)
+        ]
+        if why:
+            skips.append((item, "; ".join(why)))
+    if not skips:
         return
-    reason = "; ".join(problems)
     if required:
-        raise pytest.UsageError(f"REQUIRE_SERVICES=1, but {reason}")
-    for item in affected:
+        raise pytest.UsageError(f"REQUIRE_SERVICES=1, but {skips[0][1]}")
+    for item, reason in skips:
         item.add_marker(pytest.mark.skip(reason=reason))
