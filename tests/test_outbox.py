@@ -37,7 +37,7 @@ from tests.conftest import (
     rolled_back,
     run_queued,
 )
-from tests.models import Article, Author, Ledger, Membership, ProxyArticle
+from tests.models import Article, Author, Ledger, Membership, Page, ProxyArticle
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
 
@@ -648,6 +648,30 @@ def test_pending_finds_a_row_with_a_composite_pk(connect: Connect[Any]) -> None:
     Membership.objects.create(team="core", person="bob", role="dev")
     [row] = OutboxCall.objects.filter(object_pk='["core", "ada"]')
     assert [call.pk for call in pending(member)] == [row.pk]
+
+
+def test_a_pk_longer_than_the_outbox_column_is_written_and_found(
+    connect: Connect[Any],
+) -> None:
+    seen: list[str] = []
+
+    @connect(post_save, sender=Page, outbox=True)
+    def handler(instance: Page, **kwargs: Any) -> None:
+        seen.append(instance.title)
+
+    start = "https://example.com/" + "long/" * 100
+    with transaction.atomic():
+        first = Page.objects.create(url=start + "first", title="first")
+        second = Page.objects.create(url=start + "second", title="second")
+    [one] = pending(first)
+    [two] = pending(second)
+    assert one.pk != two.pk
+    column = OutboxCall._meta.get_field("object_pk")
+    assert all(len(call.object_pk) <= column.max_length for call in (one, two))
+    assert one.object_pk.startswith("https://example.com/long/")
+    run_queued()
+    assert sorted(seen) == ["first", "second"]
+    assert not OutboxCall.objects.exists()
 
 
 def test_pending_uses_the_rows_database(connect: Connect[Any]) -> None:

@@ -26,6 +26,7 @@ value that cannot be unpickled fails its own call and no other.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import pickle
@@ -369,11 +370,27 @@ def saved_pk(instance: Model) -> Any:
         return pk  # No row can have it; the worker finds none.
 
 
+#: The longest pk text the outbox's ``object_pk`` column holds as it is: a
+#: varchar that MySQL can index whole, next to the model's label.
+PK_TEXT_AT_MOST = 255
+_DIGEST_MARK = "…sha256:"
+# The start of a longer pk's text that its digest form keeps.
+_KEPT = PK_TEXT_AT_MOST - len(_DIGEST_MARK) - 64
+
+
 def canonical_pk(pk: Any) -> str:
-    """A pk as text, the same for every value of one row's pk."""
+    """A pk as text, the same for every value of one row's pk, and at most
+    PK_TEXT_AT_MOST characters: a longer one (a URL, a long composite pk) is
+    its start and a SHA-256 of the whole, so that it fits the outbox's column
+    and still finds its row's calls."""
     if isinstance(pk, tuple):
-        return json.dumps([str(part) for part in pk])
-    return str(pk)
+        text = json.dumps([str(part) for part in pk])
+    else:
+        text = str(pk)
+    if len(text) <= PK_TEXT_AT_MOST:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{text[:_KEPT]}{_DIGEST_MARK}{digest}"
 
 
 def _to_python(field: Any, pk: Any) -> Any:
