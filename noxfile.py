@@ -69,7 +69,7 @@ def run_tests(session: nox.Session, *command: str, mysql: bool = True) -> bool:
     The slow load and fault tests are left to `nox -s reliability`.
     """
     required = os.environ.get("REQUIRE_SERVICES") == "1"
-    only = {name: "" for name in ALL_VARIABLES}
+    only = dict.fromkeys(ALL_VARIABLES, "")
     session.run(*command, "-m", "not services", *session.posargs, env=only)
     every = True
     missing = [name for name in SERVICE_VARIABLES if not os.environ.get(name)]

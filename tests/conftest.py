@@ -271,7 +271,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> No
     skips = []
     for item in items:
         why = problems or [
-            reason for marker, reason in reasons.items() if item.get_closest_marker(marker)
+            reason
+            for marker, reason in reasons.items()
+            if item.get_closest_marker(marker)
         ]
         if why:
             skips.append((item, "; ".join(why)))

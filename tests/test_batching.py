@@ -112,6 +112,19 @@ def test_one_query_reloads_a_batch(titles: list[tuple[bool, str | None]]) -> Non
     assert len(titles) == 50
 
 
+def test_rows_deleted_since_cost_the_batch_no_query_more(
+    titles: list[tuple[bool, str | None]],
+) -> None:
+    with transaction.atomic():
+        articles = [Article.objects.create(title=str(i)) for i in range(5)]
+    Article.objects.filter(pk__in=[articles[1].pk, articles[3].pk]).delete()
+    [task] = queued_tasks()
+    with CaptureQueriesContext(connection) as queries:
+        assert run_batch(*task["args"]) == 5
+    assert len(queries) == 1
+    assert titles == [(True, "0"), (True, None), (True, "2"), (True, None), (True, "4")]
+
+
 def test_relations_are_loaded_once_for_a_batch(connect: Connect[Any]) -> None:
     received: list[tuple[str, list[str]]] = []
 
