@@ -268,6 +268,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> No
         )
     if not settings.QSIGNALS_REDIS_URL:
         reasons["redis"] = "needs Redis: set QSIGNALS_REDIS_URL (see CONTRIBUTING.md)"
+    if not (settings.QSIGNALS_DATABASE_URL and settings.QSIGNALS_REDIS_URL):
+        # The load and fault tests read PostgreSQL's own views.
+        reasons["reliability"] = (
+            "needs PostgreSQL and Redis: set QSIGNALS_DATABASE_URL and "
+            "QSIGNALS_REDIS_URL (see CONTRIBUTING.md)"
+        )
     skips = []
     for item in items:
         why = problems or [
