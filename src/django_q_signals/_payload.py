@@ -564,8 +564,8 @@ class Rows:
                 rows = rows.select_related(*receiver.select_related)
             if receiver.prefetch_related:
                 rows = rows.prefetch_related(*receiver.prefetch_related)
-        if len(found) == 1:
-            loaded = {row.pk: row for row in rows.filter(pk=found[0])}  # Cheaper.
+        if len(found) == 1:  # A cheaper query to build.
+            loaded = {row.pk: row for row in rows.filter(pk=found[0])}
         else:
             loaded = {row.pk: row for row in rows.filter(pk__in=found)}
         missing = [pk for pk in found if pk not in loaded]
