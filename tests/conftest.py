@@ -265,22 +265,41 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> No
         f"{name} at {url} is not reachable"
         for name, url in (
             ("PostgreSQL", settings.QSIGNALS_DATABASE_URL),
+            ("MySQL or MariaDB", settings.QSIGNALS_MYSQL_URL),
             ("Redis", settings.QSIGNALS_REDIS_URL),
         )
         if url and _unreachable(url)
     ]
+    reasons: dict[str, str] = {}
+    if not (
+        (settings.QSIGNALS_DATABASE_URL and settings.QSIGNALS_REDIS_URL)
+        or settings.QSIGNALS_MYSQL_URL
+    ):
+        reasons["services"] = (
+            "needs PostgreSQL and Redis, or MySQL or MariaDB: set "
+            "QSIGNALS_DATABASE_URL and QSIGNALS_REDIS_URL, or QSIGNALS_MYSQL_URL "
+            "(see CONTRIBUTING.md)"
+        )
+    if not settings.QSIGNALS_REDIS_URL:
+        reasons["redis"] = "needs Redis: set QSIGNALS_REDIS_URL (see CONTRIBUTING.md)"
     if not (settings.QSIGNALS_DATABASE_URL and settings.QSIGNALS_REDIS_URL):
-        problems.append(
+        # The load and fault tests read PostgreSQL's own views.
+        reasons["reliability"] = (
             "needs PostgreSQL and Redis: set QSIGNALS_DATABASE_URL and "
             "QSIGNALS_REDIS_URL (see CONTRIBUTING.md)"
         )
-        affected = [item for item in items if item.get_closest_marker("services")]
-    else:
-        affected = items if problems else []
-    if not affected:
+    skips = []
+    for item in items:
+        why = problems or [
+            reason
+            for marker, reason in reasons.items()
+            if item.get_closest_marker(marker)
+        ]
+        if why:
+            skips.append((item, "; ".join(why)))
+    if not skips:
         return
-    reason = "; ".join(problems)
     if required:
-        raise pytest.UsageError(f"REQUIRE_SERVICES=1, but {reason}")
-    for item in affected:
+        raise pytest.UsageError(f"REQUIRE_SERVICES=1, but {skips[0][1]}")
+    for item, reason in skips:
         item.add_marker(pytest.mark.skip(reason=reason))

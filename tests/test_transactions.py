@@ -441,6 +441,7 @@ def test_nothing_is_formatted_for_debug_logs_nobody_reads(
 
 
 @pytest.mark.services
+@pytest.mark.redis
 def test_a_django_redis_connection_is_used_as_it_is(
     numbers: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
