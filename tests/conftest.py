@@ -171,6 +171,37 @@ def broker_is_orm_on(alias: str) -> bool:
     return bool(alias == Conf.ORM)
 
 
+@contextmanager
+def transactions_writing_orm_tasks(alias: str = "default") -> Iterator[list[int]]:
+    """How many transactions committed tasks to the ORM broker's queue on
+    ``alias`` during the block, as the database counts them; the count is put
+    in the yielded list once the block ends.
+
+    SQLite, in its default journal mode, adds one to the change counter in
+    its file's header for each transaction that changed the file (the block
+    must change nothing else). On PostgreSQL each row's ``xmin`` is the
+    transaction that inserted it (the queue must be empty before the block).
+    """
+    connection = connections[alias]
+    counted: list[int] = []
+    if connection.vendor == "sqlite":
+        path = Path(connection.settings_dict["NAME"])
+        before = _change_counter(path)
+        yield counted
+        counted.append(_change_counter(path) - before)
+    else:
+        yield counted
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(DISTINCT xmin::text) FROM django_q_ormq")
+            counted.append(cursor.fetchone()[0])
+
+
+def _change_counter(path: Path) -> int:
+    with path.open("rb") as database:
+        database.seek(24)
+        return int.from_bytes(database.read(4), "big")
+
+
 class Worker:
     """A real ``manage.py qcluster`` process on the test database."""
 
