@@ -183,6 +183,14 @@ class Feature(Article):
     headline = models.CharField(max_length=100)
 
 
+class Page(models.Model):
+    """Its pk, a URL, can be longer than the outbox's object_pk column."""
+
+    # At most 3,072 bytes in utf8mb4: what MySQL can index.
+    url = models.CharField(max_length=700, primary_key=True)
+    title = models.CharField(max_length=100)
+
+
 class Slug(models.Model):
     code = models.CharField(max_length=50, primary_key=True)
     title = models.CharField(max_length=100)

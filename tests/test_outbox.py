@@ -43,6 +43,7 @@ from tests.models import (
     Author,
     Ledger,
     Membership,
+    Page,
     Price,
     ProxyArticle,
     Token,
@@ -775,6 +776,9 @@ def test_the_relay_is_scheduled_only_where_the_router_puts_django_q() -> None:
                 "migrate", "django_q_signals", target, database="other", verbosity=0
             )
 
+    # What the test database's own migration scheduled, if no test has
+    # emptied "other" since.
+    Schedule.objects.using("other").all().delete()
     with override_settings(DATABASE_ROUTERS=[KeepOff("other", "django_q")]):
         migrate_other_again()
     assert not Schedule.objects.using("other").exists()
@@ -931,6 +935,31 @@ def test_pending_finds_a_row_with_a_composite_pk(connect: Connect[Any]) -> None:
     Membership.objects.create(team="core", person="bob", role="dev")
     [row] = OutboxCall.objects.filter(object_pk='["core", "ada"]')
     assert [call.pk for call in pending(member)] == [row.pk]
+
+
+def test_a_pk_longer_than_the_outbox_column_is_written_and_found(
+    connect: Connect[Any],
+) -> None:
+    seen: list[str] = []
+
+    @connect(post_save, sender=Page, outbox=True)
+    def handler(instance: Page, **kwargs: Any) -> None:
+        seen.append(instance.title)
+
+    start = "https://example.com/" + "long/" * 100
+    with transaction.atomic():
+        first = Page.objects.create(url=start + "first", title="first")
+        second = Page.objects.create(url=start + "second", title="second")
+    [one] = pending(first)
+    [two] = pending(second)
+    assert one.pk != two.pk
+    fits = OutboxCall._meta.get_field("object_pk").max_length
+    assert fits is not None
+    assert all(len(call.object_pk) <= fits for call in (one, two))
+    assert one.object_pk.startswith("https://example.com/long/")
+    run_queued()
+    assert sorted(seen) == ["first", "second"]
+    assert not OutboxCall.objects.exists()
 
 
 def test_pending_uses_the_rows_database(connect: Connect[Any]) -> None:

@@ -37,6 +37,17 @@ def run_within_a_second(func: Any, *args: Any) -> Any:
         return func(*args)
 
 
+def taken_batch(calls: int) -> dict[str, Any]:
+    """The task of ``calls`` signals sent in one commit, taken off the
+    broker as a worker takes it."""
+    with transaction.atomic():
+        for n in range(calls):
+            custom.send(sender=None, n=n)
+    [task] = queued_tasks()
+    purge()
+    return task
+
+
 def rows() -> list[tuple[str, int, str]]:
     """Each outbox row: state, attempts, the last line of its error."""
     from django_q_signals.models import OutboxCall
@@ -61,11 +72,7 @@ def test_a_batch_cut_short_fails_that_call_and_sends_the_rest_again(
         if n == 1 and runs.count(1) == 1:
             time.sleep(OUTLIVE)
 
-    with transaction.atomic():
-        for n in range(4):
-            custom.send(sender=None, n=n)
-    [task] = queued_tasks()
-    purge()  # taken off the broker, as a worker takes it
+    task = taken_batch(4)
     with pytest.raises(TimeoutException) as cut:
         run_within_a_second(run_batch, *task["args"])
 
@@ -138,11 +145,7 @@ def test_a_batch_without_the_outbox_sends_the_calls_after_the_cut_again(
         if n == 0 and runs.count(0) == 1:
             time.sleep(OUTLIVE)
 
-    with transaction.atomic():
-        for n in range(3):
-            custom.send(sender=None, n=n)
-    [task] = queued_tasks()
-    purge()
+    task = taken_batch(3)
     with pytest.raises(
         TimeoutException, match="calls 2, 3 did not run and were sent again"
     ):
@@ -177,11 +180,7 @@ def test_the_limit_reached_between_two_calls_stops_the_batch_before_the_next(
             if "failed" in record.getMessage():
                 signal.raise_signal(signal.SIGALRM)
 
-    with transaction.atomic():
-        for n in range(3):
-            custom.send(sender=None, n=n)
-    [task] = queued_tasks()
-    purge()
+    task = taken_batch(3)
     alarm = AlarmWhileLogging()
     logging.getLogger("django_q_signals").addHandler(alarm)
     try:
@@ -239,11 +238,7 @@ def test_a_worker_stopped_inside_a_batch_leaves_that_call_to_its_claim(
         if n == 0 and runs.count(0) == 1:
             raise KeyboardInterrupt
 
-    with transaction.atomic():
-        for n in range(2):
-            custom.send(sender=None, n=n)
-    [task] = queued_tasks()
-    purge()
+    task = taken_batch(2)
     with pytest.raises(KeyboardInterrupt):
         run_batch(*task["args"])
     assert [state for state, _, _ in rows()] == [
@@ -268,11 +263,7 @@ def test_a_stop_at_the_last_call_of_a_batch_sends_nothing_again(
         if n == 1:
             raise KeyboardInterrupt
 
-    with transaction.atomic():
-        for n in range(2):
-            custom.send(sender=None, n=n)
-    [task] = queued_tasks()
-    purge()
+    task = taken_batch(2)
     with pytest.raises(KeyboardInterrupt):
         run_batch(*task["args"])
     assert queued_tasks() == []

@@ -1,7 +1,7 @@
 """Writing signed tasks to Django Q2's broker, several in one write.
 
-The ORM broker gets one ``executemany`` INSERT, Redis one ``RPUSH``, any other
-broker its own ``enqueue`` per task.
+The ORM broker gets one ``executemany`` INSERT in one transaction, Redis one
+``RPUSH``, any other broker its own ``enqueue`` per task.
 
 A network broker that fails costs a request at most about a second: Redis is
 written to with short timeouts and no retries. One that refuses connections
@@ -109,7 +109,13 @@ def _write_orm(key: str, packs: list[str], calls: list[Call]) -> None:
 
 def _insert_orm_tasks(alias: str, key: str, packs: list[str]) -> None:
     """Rows of Django Q2's ORM broker queue, as its ``enqueue`` writes them:
-    one INSERT run for all of them, without building a model instance each."""
+    one INSERT run for all of them, without building a model instance each.
+
+    In autocommit, one transaction for all of them (not a commit per row); in
+    an open transaction, a savepoint in it, which adds no commit and takes
+    back nothing the caller had not already put in that transaction. Either
+    way a failure leaves none of them written.
+    """
     from django_q.models import OrmQ
 
     connection = connections[alias]
@@ -124,7 +130,7 @@ def _insert_orm_tasks(alias: str, key: str, packs: list[str]) -> None:
         field.get_db_prep_save(value, connection)
         for field, value in ((fields[0], key), (fields[2], timezone.now()))
     )
-    with connection.cursor() as cursor:
+    with transaction.atomic(using=alias), connection.cursor() as cursor:
         cursor.executemany(sql, [(key_value, pack, lock) for pack in packs])
 
 
