@@ -429,7 +429,9 @@ def test_bad_values_are_refused_at_decoration(
     ("sender", "fields"),
     [(Issue, ["stage", "state"]), ("tests.Article", ["tags"])],
 )
-def test_fields_that_are_not_columns_are_refused(sender: Any, fields: list[str]) -> None:
+def test_fields_that_are_not_columns_are_refused(
+    sender: Any, fields: list[str]
+) -> None:
     def handler(**kwargs: Any) -> None:
         pass
 

@@ -285,9 +285,7 @@ def _check_previous(
         or not previous
         or not all(isinstance(name, str) for name in previous)
     ):
-        raise TypeError(
-            f"previous must be a list of field names, not {previous!r}."
-        )
+        raise TypeError(f"previous must be a list of field names, not {previous!r}.")
     others = [each for each in signals if each not in (pre_save, post_save)]
     if others:
         raise TypeError(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.core.exceptions import FieldDoesNotExist
 from django.db import connections, router
@@ -33,7 +33,7 @@ from django.db.models.signals import post_init, post_save, pre_save
 from django_q_signals._payload import is_plain
 
 if TYPE_CHECKING:
-    from django.db.models import Model
+    from django.db.models import Field, Model
 
     from django_q_signals._registry import Receiver
 
@@ -76,7 +76,9 @@ def problem(model: type[Model], names: Sequence[str]) -> str | None:
     return None
 
 
-def values_for(receiver: Receiver, instance: Model, using: str | None) -> dict[str, Any]:
+def values_for(
+    receiver: Receiver, instance: Model, using: str | None
+) -> dict[str, Any]:
     """``previous`` for ``receiver``: its fields' values before this save."""
     before = instance.__dict__.get(_BEFORE)
     if before is None:
@@ -87,7 +89,7 @@ def values_for(receiver: Receiver, instance: Model, using: str | None) -> dict[s
     if wanted is None:
         model = type(instance)
         wanted = _wanted[receiver] = tuple(
-            (name, model._meta.get_field(name).attname) for name in receiver.previous
+            (name, _attname(model, name)) for name in receiver.previous
         )
     return {name: before[attname] for name, attname in wanted}
 
@@ -104,9 +106,15 @@ def _attnames_of(model: type[Model]) -> tuple[str, ...]:
                     if problem(model, receiver.previous):
                         continue  # An error of manage.py check (E008).
                     for name in receiver.previous:
-                        names[model._meta.get_field(name).attname] = None
+                        names[_attname(model, name)] = None
         found = _attnames[model] = tuple(names)
     return found
+
+
+def _attname(model: type[Model], name: str) -> str:
+    """Where the value of field ``name`` is kept (a foreign key's id)."""
+    field = cast("Field[Any, Any]", model._meta.get_field(name))
+    return field.attname
 
 
 def _frozen(value: Any) -> Any:
@@ -162,7 +170,7 @@ def _hooks(using: str) -> list[Any] | None:
 def _trusted(instance: Model, using: str) -> dict[str, Any]:
     """The kept values that are still those of the database."""
     state = instance._state
-    kept = instance.__dict__.get(_KEPT)
+    kept: _Kept | None = instance.__dict__.get(_KEPT)
     if kept is None or state.adding or state.db != using:
         return {}
     return kept.trusted(using)
@@ -208,8 +216,7 @@ def _remember(sender: type[Model], instance: Model, **kwargs: Any) -> None:
     saved = _attnames_of(sender)
     update_fields = kwargs.get("update_fields")
     if update_fields is not None:
-        meta = sender._meta
-        written = {meta.get_field(name).attname for name in update_fields}
+        written = {_attname(sender, name) for name in update_fields}
         saved = tuple(attname for attname in saved if attname in written)
     values = instance.__dict__
     after = {**before, **{a: _frozen(values[a]) for a in saved if a in values}}
