@@ -15,6 +15,7 @@ from bench.models import (
     ManualItem,
     OutboxBatchItem,
     OutboxItem,
+    PreviousItem,
 )
 from django_q_signals import async_receiver
 
@@ -67,3 +68,8 @@ def process_from_the_outbox(instance: OutboxItem, **kwargs: Any) -> None:
 @async_receiver(post_save, sender=OutboxBatchItem, outbox=True, batch=True)
 def process_batches_from_the_outbox(instance: OutboxBatchItem, **kwargs: Any) -> None:
     OutboxBatchItem.objects.filter(pk=instance.pk).update(processed=True)
+
+
+@async_receiver(post_save, sender=PreviousItem, previous=["n"])
+def process_with_previous(instance: PreviousItem, **kwargs: Any) -> None:
+    PreviousItem.objects.filter(pk=instance.pk).update(processed=True)

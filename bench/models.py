@@ -41,3 +41,7 @@ class OutboxItem(Item):
 
 class OutboxBatchItem(Item):
     """@async_receiver(outbox=True, batch=True)."""
+
+
+class PreviousItem(Item):
+    """@async_receiver(previous=["n"]): --previous compares it with DefaultItem."""

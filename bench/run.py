@@ -5,6 +5,7 @@
     nox -s bench -- --e2e-max 100000      # unbatched modes end to end at every N
     nox -s bench -- --modes batch outbox  # some of the modes
     nox -s bench -- --report bench/results/measurements.jsonl  # redraw a run
+    nox -s bench -- --previous            # the cost of previous= per save
 
 For each backend and each N, the N rows are saved in one transaction, and for
 each mode it measures:
@@ -33,6 +34,12 @@ with "_orm" added) and the Redis database (the run empties it).
 It prints a table and the targets, and writes bench/results/results.md and
 bench/results/scale.png. The documentation's performance page shows a run of
 it (docs/performance.md, docs/_static/).
+
+With --previous it only compares, at the first size, a receiver with
+previous=["n"] and the same receiver without it: the request path per save of
+a create, of an update of loaded instances and of one of instances built by
+hand, each in one transaction, and the time to load a row (previous= keeps
+the loaded values); best of three. It prints a table.
 """
 
 from __future__ import annotations
@@ -73,6 +80,13 @@ UNBATCHED = {"manual", "default", "outbox"}
 QUEUELESS = {"floor", "inline"}
 #: Measured to compare the others' end to end with: up to --e2e-max saves.
 REFERENCES = {"inline", "manual"}
+#: --previous: what is timed, with and without previous=.
+PREVIOUS_CASES = {
+    "create": "create",
+    "loaded": "update, instance loaded from the database",
+    "by_hand": "update, instance built by hand with its pk",
+    "load": "load a row (no signal)",
+}
 POSTGRES = os.environ.get(
     "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/django_q_signals_bench"
 )
@@ -90,10 +104,21 @@ def main() -> None:
         metavar="FILE",
         help="only write the report, from the measurements a run saved in FILE",
     )
+    parser.add_argument(
+        "--previous",
+        action="store_true",
+        help="only compare a receiver with previous= and the same without it",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child and args.previous:
+        measure_previous(args.child, args.sizes[0])
+        return
     if args.child:
         measure(args.child, args.sizes, args.e2e_max, args.modes)
+        return
+    if args.previous:
+        compare_previous(args.sizes[0])
         return
     if args.report:
         report([json.loads(line) for line in args.report.read_text().splitlines()])
@@ -130,6 +155,44 @@ def main() -> None:
         if child.returncode:
             sys.exit(f"{backend} failed (exit code {child.returncode})")
     report(rows)
+
+
+def compare_previous(n: int) -> None:
+    rows = []
+    for backend, env in backends():
+        print(f"Measuring {backend} ...", flush=True)
+        command = [sys.executable, __file__, "--child", backend, "--previous"]
+        inherited = {
+            k: v for k, v in os.environ.items() if not k.startswith("QSIGNALS_")
+        }
+        out = subprocess.run(
+            [*command, "--sizes", str(n)],
+            env={**inherited, **env},
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+        ).stdout
+        rows += [json.loads(line) for line in out.splitlines()]
+    lines = [
+        f"{n:,} rows, one transaction, best of three; per save (per row to load).",
+        "",
+        (
+            "| backend | case | without previous= | with previous= | extra "
+            "| extra queries |"
+        ),
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        extra = row["with_us"] - row["without_us"]
+        queries = row["with_queries"] - row["without_queries"]
+        lines.append(
+            f"| {row['backend']} | {PREVIOUS_CASES[row['case']]} "
+            f"| {row['without_us']:.0f} µs | {row['with_us']:.0f} µs "
+            f"| {extra:+.0f} µs ({row['with_us'] / row['without_us']:.2f}x) "
+            f"| {queries:.2f} |"
+        )
+    print("\n".join([*lines, "", describe_machine()]))
 
 
 def progress(row: dict[str, Any]) -> str:
@@ -191,7 +254,7 @@ def fresh_database(url: str) -> None:
 # --- in the child process, with Django set up for one backend ---------------
 
 
-def measure(backend: str, sizes: list[int], e2e_max: int, modes: list[str]) -> None:
+def set_up() -> None:
     os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
     sys.path.insert(0, str(ROOT))
     import django
@@ -200,12 +263,61 @@ def measure(backend: str, sizes: list[int], e2e_max: int, modes: list[str]) -> N
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+
+
+def measure(backend: str, sizes: list[int], e2e_max: int, modes: list[str]) -> None:
+    set_up()
     for n in sizes:
         for mode in modes:
             if mode in REFERENCES and n > e2e_max:
                 continue
             result = run_one(mode, n, e2e=mode not in UNBATCHED or n <= e2e_max)
             print(json.dumps({"backend": backend, **result}), flush=True)
+
+
+def measure_previous(backend: str, n: int) -> None:
+    set_up()
+    from bench.models import DefaultItem, PreviousItem
+
+    for case in PREVIOUS_CASES:
+        row: dict[str, Any] = {"backend": backend, "case": case, "n": n}
+        for key, model in (("without", DefaultItem), ("with", PreviousItem)):
+            timed = min(run_previous(model, n, case) for _ in range(3))
+            row[f"{key}_us"] = timed / n * 1e6
+            row[f"{key}_queries"] = run_previous(model, n, case, count=True) / n
+        print(json.dumps(row), flush=True)
+
+
+def run_previous(model: Any, n: int, case: str, *, count: bool = False) -> float:
+    """The seconds ``case`` takes for ``n`` rows, or with ``count`` the
+    queries it makes."""
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
+
+    clear(model)
+    if case != "create":
+        model.objects.bulk_create(model(n=i) for i in range(n))  # no signals
+    items = list(model.objects.all()) if case == "loaded" else []
+    pks = list(model.objects.values_list("pk", flat=True))
+    gc.collect()
+    queries = CaptureQueriesContext(connection)
+    with queries if count else contextlib.nullcontext():
+        started = time.perf_counter()
+        if case == "load":
+            list(model.objects.all())
+        else:
+            with transaction.atomic():
+                if case == "create":
+                    for i in range(n):
+                        model.objects.create(n=i)
+                for item in items:
+                    item.n += 1
+                    item.save()
+                if case == "by_hand":
+                    for pk in pks:
+                        model(pk=pk, n=-1).save()
+        elapsed = time.perf_counter() - started
+    return len(queries) if count else elapsed
 
 
 def run_one(mode: str, n: int, *, e2e: bool) -> dict[str, Any]:
