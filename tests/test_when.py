@@ -468,6 +468,7 @@ def test_previous_is_queued_as_it_is(connect: Connect[Any]) -> None:
     [task] = queued_tasks()
     data = task["args"][0][3]
     assert {"stage": None} in data  # Not pickled: any worker reads it.
+    assert isinstance(data[1], int)  # A usual layout, named by its number.
 
 
 def test_snapshots_of_instances_saved_in_a_transaction(connect: Connect[Any]) -> None:

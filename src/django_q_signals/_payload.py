@@ -91,6 +91,10 @@ LAYOUTS: tuple[tuple[tuple[str, ...], str], ...] = (
     (_M2M, "Svrvmvd"),  # a clear: no pk_set
     (_M2M_RAW, "Svrvmpdv"),
     (_M2M_RAW, "Svrvmvdv"),
+    # With previous= (plain values): a save, a create's pre_save.
+    ((*_POST_SAVE, "previous"), "Ssvvvdv"),
+    ((*_PRE_SAVE, "previous"), "Ssvdvv"),
+    ((*_PRE_SAVE, "previous"), "Spvdvv"),
 )
 _LAYOUT_NUMBERS = {layout: number for number, layout in enumerate(LAYOUTS) if number}
 
