@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 
 from django_q_signals import async_receiver, checks
 from tests.conftest import Connect, custom, queued_tasks, rolled_back, run_queued
-from tests.models import Article, Author, Issue, Token
+from tests.models import Article, Author, Issue, Membership, Token
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
 
@@ -516,3 +516,19 @@ def test_the_listing_names_a_when_with_no_name(connect: Connect[Any]) -> None:
 
     [receiver] = [r for r in _receivers() if r.func is handler]
     assert receiver.describe_options()[-1].startswith("when=functools.partial(")
+
+
+def test_previous_of_a_composite_pk_row(connect: Connect[Any]) -> None:
+    received: list[dict[str, Any]] = []
+
+    @connect(post_save, sender=Membership, previous=["role"])
+    def handler(previous: dict[str, Any], **kwargs: Any) -> None:
+        received.append(previous)
+
+    Membership(team="a", person="b", role="reader").save()
+    Membership(team="a", person="b", role="editor").save()
+    membership = Membership.objects.get(team="a", person="b")
+    membership.role = "owner"
+    membership.save()
+    run_queued()
+    assert received == [{"role": None}, {"role": "reader"}, {"role": "editor"}]
