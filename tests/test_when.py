@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 
 from django_q_signals import async_receiver, checks
 from tests.conftest import Connect, custom, queued_tasks, rolled_back, run_queued
-from tests.models import Article, Author, Issue, Membership, Token
+from tests.models import Article, Author, Issue, Membership, Price, Slug, Token
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
 
@@ -532,3 +532,38 @@ def test_previous_of_a_composite_pk_row(connect: Connect[Any]) -> None:
     membership.save()
     run_queued()
     assert received == [{"role": None}, {"role": "reader"}, {"role": "editor"}]
+
+
+def test_values_looked_up_are_as_the_model_reads_them(connect: Connect[Any]) -> None:
+    received: list[dict[str, Any]] = []
+
+    @connect(post_save, sender=Issue, previous=["alert_sent", "labels", "assignee"])
+    def handler(previous: dict[str, Any], **kwargs: Any) -> None:
+        received.append(previous)
+
+    ada = Author.objects.create(name="Ada")
+    pk = Issue.objects.create(title="a", alert_sent=True, labels=[1], assignee=ada).pk
+    Issue(pk=pk, title="a").save()
+    run_queued()
+    assert received[-1] == {"alert_sent": True, "labels": [1], "assignee": ada.pk}
+    assert type(received[-1]["alert_sent"]) is bool
+
+
+@pytest.mark.parametrize(
+    ("model", "pk", "given"),
+    [(Slug, "code", "abc"), (Price, "amount", "1.5")],
+)
+def test_previous_of_rows_with_their_own_pk(
+    connect: Connect[Any], model: Any, pk: str, given: str
+) -> None:
+    received: list[dict[str, Any]] = []
+    field = "title" if model is Slug else "label"
+
+    @connect(post_save, sender=model, previous=[field])
+    def handler(previous: dict[str, Any], **kwargs: Any) -> None:
+        received.append(previous)
+
+    model.objects.create(**{pk: given, field: "old"})
+    model(**{pk: given, field: "new"}).save()
+    run_queued()
+    assert received == [{field: None}, {field: "old"}]
