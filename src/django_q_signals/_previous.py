@@ -264,8 +264,7 @@ def _compiled(
 
 
 def _pk_param(model: type[Model], pk: Any, connection: Any) -> Any:
-    field = cast("Field[Any, Any]", model._meta.pk)
-    return field.get_db_prep_value(pk, connection, prepared=False)
+    return model._meta.pk.get_db_prep_value(pk, connection, prepared=False)
 
 
 def _remember(sender: type[Model], instance: Model, **kwargs: Any) -> None:
