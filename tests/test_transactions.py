@@ -16,7 +16,7 @@ from django.db.models.signals import post_save
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
-from django_q_signals import _brokers, _queue
+from django_q_signals import _brokers, _send
 from tests.conftest import (
     Connect,
     broker_is_orm_on,
@@ -101,7 +101,7 @@ def test_on_commit_false_queues_inside_the_transaction(connect: Connect[Any]) ->
 @pytest.mark.parametrize(
     ("at_most", "signals", "writes"),
     [
-        (_queue.WRITE_AT_MOST, 5, 1),
+        (_send.WRITE_AT_MOST, 5, 1),
         # A large commit: a bounded number of tasks signed and written at once.
         (3, 7, 3),
     ],
@@ -113,7 +113,7 @@ def test_one_commit_is_one_write_to_the_broker(
     signals: int,
     writes: int,
 ) -> None:
-    monkeypatch.setattr(_queue, "WRITE_AT_MOST", at_most)
+    monkeypatch.setattr(_send, "WRITE_AT_MOST", at_most)
     before = broker_writes()
     with CaptureQueriesContext(connection) as queries, transaction.atomic():
         for n in range(signals):
@@ -128,7 +128,7 @@ def test_one_commit_is_one_write_to_the_broker(
 
 @pytest.mark.parametrize(
     ("at_most", "signals", "transactions"),
-    [(_queue.WRITE_AT_MOST, 5, 1), (3, 7, 3)],
+    [(_send.WRITE_AT_MOST, 5, 1), (3, 7, 3)],
 )
 def test_a_write_to_the_orm_broker_is_one_transaction(
     numbers: list[int],
@@ -141,7 +141,7 @@ def test_a_write_to_the_orm_broker_is_one_transaction(
 
     # A commit per task would be a durable write (a sync to disk) per task.
     monkeypatch.setattr(Conf, "ORM", "default")
-    monkeypatch.setattr(_queue, "WRITE_AT_MOST", at_most)
+    monkeypatch.setattr(_send, "WRITE_AT_MOST", at_most)
     with transactions_writing_orm_tasks() as counted, transaction.atomic():
         for n in range(signals):
             custom.send(sender=None, n=n)
