@@ -150,6 +150,7 @@ def test_w002_silent_when_retry_is_above_every_timeout(connect: Connect[Any]) ->
         assert checks.check_retry_above_timeout() == []
 
 
+@pytest.mark.outbox  # manage.py check runs the app's checks
 def test_w001_handler_defined_in_a_function(connect: Connect[Any]) -> None:
     @connect(custom)
     def handler(**kwargs: Any) -> None:

@@ -20,7 +20,7 @@ from django.dispatch import Signal
 from django.test import override_settings
 
 from django_q_signals import _registry
-from django_q_signals._queue import BATCH_TASK, TASK
+from django_q_signals._send import BATCH_TASK, TASK
 from django_q_signals.management.commands import qsignals as qsignals_command
 from django_q_signals.worker import run_call
 from tests.conftest import Connect, Worker, custom, path, purge, queued_tasks

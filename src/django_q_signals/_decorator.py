@@ -17,7 +17,14 @@ from django.db.models.signals import post_save, pre_save
 from django.dispatch import Signal
 from django.utils.inspect import func_accepts_kwargs
 
-from django_q_signals import _conf, _outbox, _payload, _previous, _queue, _registry
+from django_q_signals import (
+    _commit,
+    _conf,
+    _outbox,
+    _payload,
+    _previous,
+    _registry,
+)
 from django_q_signals.checks import check_outbox_installed
 
 if TYPE_CHECKING:
@@ -150,7 +157,7 @@ def _receive_for(receiver: _registry.Receiver) -> Callable[..., None]:
             )
         if when is not None and not when(signal=signal, sender=sender, **kwargs):
             return
-        _queue.queue_call(_payload.encode_call(receiver, signal, sender, kwargs))
+        _commit.queue_call(_payload.encode_call(receiver, signal, sender, kwargs))
 
     # What Django's checks call it, for example when a lazy sender names no
     # model ("The function 'shop.signals.reindex' was connected ...").

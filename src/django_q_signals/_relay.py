@@ -25,7 +25,7 @@ from django.db import DatabaseError, connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from django_q_signals import _conf, _outbox, _queue
+from django_q_signals import _brokers, _conf, _outbox, _send
 from django_q_signals._payload import Call
 from django_q_signals._registry import get_receiver
 
@@ -122,7 +122,7 @@ def _send_chunk(rows: QuerySet[OutboxCall]) -> tuple[int, int]:
         # Inside the transaction: its rows stay locked until they are on the
         # broker and marked sent (with the ORM broker on this database, in
         # the same commit).
-        _queue.send(calls, resent=True)
+        _send.send(calls, resent=True)
         return len(calls), chunk[-1].pk
 
 
@@ -153,7 +153,7 @@ def _idle_receivers(keys: Iterable[str], emptiness: dict[Any, bool]) -> list[str
         if receiver is None:
             continue  # Its calls wait; sending them would say so.
         options = receiver.task_options()
-        destination = options.get("broker") or options.get("cluster")
+        destination = _brokers.destination(options)
         if destination not in emptiness:
             emptiness[destination] = _broker_is_empty(destination)
         if emptiness[destination]:
@@ -165,12 +165,10 @@ def _broker_is_empty(destination: Any) -> bool:
     from django_q.conf import Conf
     from django_q.models import OrmQ
 
-    from django_q_signals import _brokers
-
-    if destination is not None and not isinstance(destination, str):
+    if not isinstance(destination, (str, type(None))):  # A broker object.
         return bool(destination.queue_size() == 0)
-    key = destination or Conf.CLUSTER_NAME
-    if Conf.ORM and not (Conf.BROKER_CLASS or Conf.IRON_MQ or Conf.SQS):
+    key = _brokers.queue_key(destination)
+    if _brokers.is_orm(destination):
         # Taken tasks too: the ORM broker gives them out again itself. But
         # not the task running this relay, which the broker holds until it
         # ends.

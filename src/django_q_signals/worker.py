@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from asgiref.sync import async_to_sync
 from django.core.exceptions import SynchronousOnlyOperation
 
-from django_q_signals import _queue
+from django_q_signals import _send
 from django_q_signals._outbox import Claim, Ref
 from django_q_signals._payload import (
     Arguments,
@@ -201,7 +201,7 @@ class _Batch:
             said.append(f"calls {numbers} did not run and were sent again")
             if self.claim:
                 self.claim.release([call.ref for call in rest])
-            _queue.send([call.as_call(self.receiver, self.alias) for call in rest])
+            _send.send([call.as_call(self.receiver, self.alias) for call in rest])
         logger.error("%s: %s: %s", self.receiver.key, cut, "; ".join(said))
         if not (isinstance(cut, SystemExit) and said):
             return cut

@@ -19,8 +19,8 @@ from django.utils.timesince import timesince
 
 from django_q_signals import _outbox, _relay
 from django_q_signals._payload import read
-from django_q_signals._queue import BATCH_TASK, TASK
 from django_q_signals._registry import Receiver, all_receivers
+from django_q_signals._send import BATCH_TASK, TASK
 from django_q_signals.models import OutboxCall
 
 if TYPE_CHECKING:
