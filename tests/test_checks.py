@@ -80,6 +80,7 @@ def test_e005_silent_for_the_default_redis_broker_with_redis_installed() -> None
         assert checks.check_q_cluster() == []
 
 
+@pytest.mark.outbox  # manage.py check runs the app's checks
 def test_e003_bad_q_signals_settings() -> None:
     with override_settings(Q_SIGNALS={"BATCH_SIZE": 0, "ON_COMMIT": "no"}):
         messages = checks.check_settings()
@@ -294,6 +295,7 @@ def test_the_relations_of_a_lazy_sender_naming_no_model_are_not_checked() -> Non
     assert receiver.related_model is None
 
 
+@pytest.mark.outbox  # manage.py check runs the app's checks
 @override_settings(Q_SIGNALS={"ON_COMIT": False})
 def test_a_bad_setting_is_reported_once_by_check(
     connect: Connect[Any], caplog: pytest.LogCaptureFixture
