@@ -15,6 +15,7 @@ from django.db.models.signals import post_delete, post_save, pre_save
 from django.test.utils import CaptureQueriesContext
 
 from django_q_signals import async_receiver, checks
+from django_q_signals._registry import all_receivers
 from tests.conftest import Connect, custom, queued_tasks, rolled_back, run_queued
 from tests.models import Article, Author, Issue, Membership, Price, Slug, Token
 
@@ -389,17 +390,11 @@ def test_the_listing_names_when_and_previous(connect: Connect[Any]) -> None:
     def handler(**kwargs: Any) -> None:
         pass
 
-    [receiver] = [r for r in _receivers() if r.func is handler]
+    [receiver] = [r for r in all_receivers() if r.func is handler]
     assert receiver.describe_options()[-2:] == [
         "when=tests.test_when.not_alerted",
         "previous=stage",
     ]
-
-
-def _receivers() -> list[Any]:
-    from django_q_signals._registry import all_receivers
-
-    return all_receivers()
 
 
 async def async_when(**kwargs: Any) -> bool:
@@ -514,7 +509,7 @@ def test_the_listing_names_a_when_with_no_name(connect: Connect[Any]) -> None:
     def handler(**kwargs: Any) -> None:
         pass
 
-    [receiver] = [r for r in _receivers() if r.func is handler]
+    [receiver] = [r for r in all_receivers() if r.func is handler]
     assert receiver.describe_options()[-1].startswith("when=functools.partial(")
 
 
