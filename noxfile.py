@@ -1,6 +1,7 @@
 """Development tasks. `nox -l` lists them; `nox` runs lint, types and tests."""
 
 import os
+import shutil
 
 import nox
 
@@ -186,6 +187,12 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def docs(session: nox.Session) -> None:
     """Build the documentation in docs/ to docs/_build/html; warnings are errors."""
+    # The diagrams are drawn by Graphviz's `dot` as the pages are built.
+    if not shutil.which("dot"):
+        session.error(
+            "`dot` not found: install Graphviz (Debian: apt-get install graphviz), "
+            "which draws the documentation's diagrams."
+        )
     # The package itself, so that docs/conf.py reads its version from metadata.
     session.install(".", *DOCS_DEPS)
     session.run(
