@@ -41,13 +41,17 @@ exclude_patterns = ["_build", "_django_settings.py"]
 graphviz_output_format = "svg"
 
 autodoc_member_order = "bysource"
-autodoc_typehints = "description"
-# Django's and Django Q2's own types: their documentation is not linked
-# (intersphinx would need the network when building), so references to them
-# cannot resolve.
+autodoc_typehints = "signature"
+# Python's, Django's and Django Q2's own types: their documentation is not
+# linked (intersphinx would need the network when building), so references
+# to them cannot resolve. `Handler` is the decorated function's own type;
+# `Model` and `QuerySet` are Django's, imported only for type checking.
+nitpick_ignore = [("py:class", "Model"), ("py:class", "QuerySet")]
 nitpick_ignore_regex = [
+    ("py:class", r"collections\.abc\..*"),
     ("py:class", r"django\..*"),
     ("py:class", r"django_q\..*"),
+    ("py:class", r"django_q_signals\._decorator\.Handler"),
 ]
 
 # Section anchors for links such as [the guarantees](transactions.md#guarantees).

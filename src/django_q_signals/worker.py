@@ -245,7 +245,11 @@ def _log_not_claimed(receiver: Receiver, refs: Sequence[Ref | None]) -> None:
 
 
 class BatchError(Exception):
-    """Some calls of a batch failed; the others ran."""
+    """Some calls of a batch failed; the others ran.
+
+    A batch task fails with it, its message listing the failed calls; the
+    testing helpers raise it when a batched handler raised.
+    """
 
 
 def _find(payload: Any) -> tuple[Receiver, Task]:
