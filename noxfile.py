@@ -225,6 +225,13 @@ def demo(session: nox.Session) -> None:
 
 
 @nox.session
+def chart(session: nox.Session) -> None:
+    """Draw the performance page's headline chart from its tables (bench/chart.py)."""
+    session.install("matplotlib")
+    session.run("python", "bench/chart.py", *session.posargs)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """The benchmark in bench/: prints a table, writes a chart to bench/results/."""
     session.install(".", "matplotlib", "redis", "psycopg[binary]")
