@@ -19,14 +19,13 @@ from django_q_signals._outbox import Claim, Ref
 from django_q_signals._payload import (
     Arguments,
     Call,
-    Rows,
     Task,
     describe_rows,
     open_call,
     read,
-    rebuild,
 )
 from django_q_signals._registry import Receiver, get_receiver
+from django_q_signals._rows import Rows, rebuild
 from django_q_signals._time_limit import TimeLimit
 
 logger = logging.getLogger("django_q_signals")
