@@ -15,7 +15,7 @@ from django.db.models.base import ModelBase
 from django.dispatch import Signal
 from django.utils.inspect import func_accepts_kwargs
 
-from django_q_signals import _conf, _outbox, _payload, _queue, _registry
+from django_q_signals import _compat, _conf, _outbox, _payload, _queue, _registry
 from django_q_signals.checks import check_outbox_installed
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ def async_receiver(
             retry_backoff=retry_backoff,
         )
         _registry.register(receiver)
+        _compat.write_task_function(receiver)
         receive = _receive_for(receiver)
         for each in signals:
             each.connect(receive, sender=sender, weak=False, dispatch_uid=uid)
