@@ -9,6 +9,7 @@ import pydoc
 import sys
 from io import StringIO
 from typing import Any
+from unittest.mock import MagicMock
 
 import pytest
 from django.core.management import call_command
@@ -201,12 +202,15 @@ def test_a_nested_handler_leaves_a_module_level_handlers_task_function(
     assert handlers.record_note_task is module_level  # type: ignore[attr-defined]
 
 
-def test_a_module_attribute_of_that_name_is_never_overwritten(
-    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def taken_task(*args: Any) -> str:
-        return "the user's"
+def users_task(*args: Any) -> str:
+    return "the user's"
 
+
+# A function, a value, and what mock.patch() leaves (it answers every attribute).
+@pytest.mark.parametrize("taken_task", [users_task, None, MagicMock()])
+def test_a_module_attribute_of_that_name_is_never_overwritten(
+    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch, taken_task: Any
+) -> None:
     monkeypatch.setattr(this_module, "taken_task", taken_task, raising=False)
 
     @connect(custom)

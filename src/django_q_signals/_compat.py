@@ -15,11 +15,10 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from django_q_signals._payload import Arguments, ModelClass, Row
+from django_q_signals._registry import Receiver
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from django_q_signals._registry import Receiver
 
 # Marks a module attribute as one of these functions, and names its receiver.
 _RECEIVER = "_django_q_signals_receiver"
@@ -31,8 +30,9 @@ def task_function_name(receiver: Receiver) -> str:
 
 def owner(value: Any) -> Receiver | None:
     """The receiver ``value`` is the task function of, if it is one."""
-    found: Receiver | None = getattr(value, _RECEIVER, None)
-    return found
+    # Checked: a mock answers every attribute.
+    found = getattr(value, _RECEIVER, None)
+    return found if isinstance(found, Receiver) else None
 
 
 def user_attribute(receiver: Receiver) -> bool:
@@ -69,6 +69,7 @@ def _task_function(receiver: Receiver, name: str) -> Callable[..., Any]:
         instance_pk: Any,
         kwargs: dict[str, Any],
     ) -> Any:
+        # Only where a task runs: request processes never load the worker.
         from django_q_signals import worker
 
         arguments = _arguments(sender_label, instance_label, instance_pk, kwargs)
