@@ -35,6 +35,13 @@ collect_ignore = (
     ]
 )
 
+#: For a test that runs ``manage.py check`` for this package's checks: the app
+#: registers them, so without it (tests.settings_without_app) it is skipped.
+needs_app = pytest.mark.skipif(
+    "django_q_signals" not in settings.INSTALLED_APPS,
+    reason="the system checks are registered by the app",
+)
+
 F = TypeVar("F", bound=Callable[..., Any])
 Connect = Callable[..., Callable[[F], F]]
 

@@ -17,7 +17,7 @@ from django.db.models.signals import post_delete, post_save
 
 from django_q_signals import checks
 from tests import handlers
-from tests.conftest import Connect, Worker, custom
+from tests.conftest import Connect, Worker, custom, needs_app
 from tests.models import Hideable, Note, Seen
 
 this_module = sys.modules[__name__]
@@ -226,9 +226,23 @@ def test_a_module_attribute_of_that_name_is_never_overwritten(
         "tests.test_compat.taken_task is defined in its module, so the 0.x task "
         "function of the async receiver tests.test_compat."
     )
+
+
+@needs_app
+def test_manage_py_check_reports_w003(
+    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(this_module, "taken_task", users_task, raising=False)
+
+    @connect(custom)
+    def taken(**kwargs: Any) -> None:
+        pass
+
     out = StringIO()
     call_command("check", stdout=out, stderr=out)
-    assert "django_q_signals.W003" in out.getvalue()
+    assert "(django_q_signals.W003) tests.test_compat.taken_task is defined" in (
+        out.getvalue()
+    )
 
 
 def test_no_task_function_for_a_module_that_is_not_loaded(
