@@ -56,51 +56,87 @@ nox.options.download_python = "never"
 # are set does the second pass run; nothing else in the environment (another
 # project's DATABASE_URL or REDIS_URL) is ever read.
 SERVICE_VARIABLES = ("QSIGNALS_DATABASE_URL", "QSIGNALS_REDIS_URL")
+# The variable that points the tests at MySQL or MariaDB: the third pass.
+MYSQL_VARIABLE = "QSIGNALS_MYSQL_URL"
+ALL_VARIABLES = (*SERVICE_VARIABLES, MYSQL_VARIABLE)
 
 
-def run_tests(session: nox.Session, *command: str, without_app: bool = False) -> bool:
-    """The suite on SQLite with the ORM broker (and, ``without_app``, again
-    without "django_q_signals" in INSTALLED_APPS), then, where the service
-    variables are set, on PostgreSQL with Redis. Whether the last ran.
+def run_tests(session: nox.Session, *command: str, full: bool = False) -> bool:
+    """The suite on SQLite with the ORM broker (and, ``full``, again without
+    "django_q_signals" in INSTALLED_APPS); where the service variables are
+    set, on PostgreSQL with Redis; and, ``full``, where QSIGNALS_MYSQL_URL is
+    set, on MySQL or MariaDB with the ORM broker on it. Whether every pass
+    ran.
 
     The slow load and fault tests are left to `nox -s reliability`.
     """
-    without_services = dict.fromkeys(SERVICE_VARIABLES, "")
-    session.run(*command, "-m", "not services", *session.posargs, env=without_services)
-    if without_app:
+    required = os.environ.get("REQUIRE_SERVICES") == "1"
+    only = dict.fromkeys(ALL_VARIABLES, "")
+    session.run(*command, "-m", "not services", *session.posargs, env=only)
+    if full:
         # As every 0.x project is set up: everything but the outbox works.
         session.run(
             *command,
             *("-m", "not services and not outbox"),
             *("--ds", "tests.settings_without_app"),
             *session.posargs,
-            env=without_services,
+            env=only,
         )
+    every = True
     missing = [name for name in SERVICE_VARIABLES if not os.environ.get(name)]
     if missing:
-        if os.environ.get("REQUIRE_SERVICES") == "1":
+        if required:
             session.error(f"REQUIRE_SERVICES=1, but {' and '.join(missing)} not set")
         session.log(
             f"Not run on PostgreSQL and Redis: set {' and '.join(SERVICE_VARIABLES)} "
             "to run the suite there too (see CONTRIBUTING.md)."
         )
+        every = False
+    else:
+        session.run(
+            *command,
+            "-m",
+            "not reliability",
+            *session.posargs,
+            env={**only, **{name: os.environ[name] for name in SERVICE_VARIABLES}},
+        )
+    if not full:
         return False
-    session.run(*command, "-m", "not reliability", *session.posargs)
-    return True
+    if not os.environ.get(MYSQL_VARIABLE):
+        if required:
+            session.error(f"REQUIRE_SERVICES=1, but {MYSQL_VARIABLE} not set")
+        session.log(
+            f"Not run on MySQL or MariaDB: set {MYSQL_VARIABLE} to run the suite "
+            "there too (see CONTRIBUTING.md)."
+        )
+        return False
+    # Django's MySQL and MariaDB driver builds against the client library
+    # (Debian's libmariadb-dev and pkg-config; .ci/run installs them): only
+    # where this pass runs.
+    session.install("mysqlclient")
+    # The ORM broker on MySQL or MariaDB itself: Redis is the second pass's.
+    session.run(
+        *command,
+        "-m",
+        "not reliability and not redis",
+        *session.posargs,
+        env={**only, MYSQL_VARIABLE: os.environ[MYSQL_VARIABLE]},
+    )
+    return every
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the tests under coverage: 100% branch coverage where both passes ran."""
+    """Run the tests under coverage: 100% branch coverage where every pass ran."""
     session.install("-e", ".", *TEST_DEPS)
     session.run("coverage", "erase")
     # `patch = ["subprocess"]` in pyproject.toml makes the qcluster processes the
     # tests start record coverage too; `coverage combine` merges their files.
-    both = run_tests(session, "coverage", "run", "-m", "pytest", without_app=True)
+    every = run_tests(session, "coverage", "run", "-m", "pytest", full=True)
     session.run("coverage", "combine", "--quiet")
-    # Some lines only run on PostgreSQL, and a subset of the tests
+    # Some lines only run on PostgreSQL or MySQL, and a subset of the tests
     # (`nox -s tests -- -k name`) cannot reach 100% either.
-    if both and not session.posargs:
+    if every and not session.posargs:
         session.run("coverage", "report")
     else:
         session.run("coverage", "report", "--fail-under=0")
@@ -166,6 +202,7 @@ def compat(session: nox.Session) -> None:
 RELIABILITY_SERVICES = {
     "QSIGNALS_DATABASE_URL": "postgres://postgres@127.0.0.1:5432/qsignals_reliability",
     "QSIGNALS_REDIS_URL": "redis://127.0.0.1:6379/14",
+    "QSIGNALS_MYSQL_URL": "",
 }
 
 
@@ -193,6 +230,7 @@ def matrix(session: nox.Session, django: str) -> None:
     """Run the tests against each supported (Python, Django) pair."""
     # The built wheel, not the source tree, so packaging mistakes show up here.
     session.install(".", f"django~={django}.0", *TEST_DEPS)
+    # MySQL and MariaDB once, in `nox -s tests`: CI's time goes on the pairs.
     run_tests(session, "pytest")
 
 

@@ -6,9 +6,8 @@
     nox -s bench -- --modes batch outbox  # some of the modes
     nox -s bench -- --report bench/results/measurements.jsonl  # redraw a run
 
-For each backend (SQLite with the ORM broker; PostgreSQL with Redis when both
-answer on 127.0.0.1) and each N, the N rows are saved in one transaction, and
-for each mode it measures:
+For each backend and each N, the N rows are saved in one transaction, and for
+each mode it measures:
 
 - the request path: time per save, the commit and the queuing included, with
   no worker running (best of three at N = 2,000);
@@ -24,6 +23,12 @@ Two modes are there to compare with: the work done in the request once the
 transaction has committed, and a plain @receiver queuing each call with
 async_task on commit. They run up to --e2e-max saves. The coalescing mode
 saves each row three times (a create and two updates): 3N saves for N rows.
+
+The backends: SQLite with the ORM broker, in WAL mode and in its default
+journal mode (delete); when PostgreSQL answers on 127.0.0.1, PostgreSQL with
+the ORM broker, and with Redis when that answers too. BENCH_DATABASE_URL and
+BENCH_REDIS_URL name the PostgreSQL database (the run recreates it, and one
+with "_orm" added) and the Redis database (the run empties it).
 
 It prints a table and the targets, and writes bench/results/results.md and
 bench/results/scale.png. The documentation's performance page shows a run of
@@ -68,8 +73,10 @@ UNBATCHED = {"manual", "default", "outbox"}
 QUEUELESS = {"floor", "inline"}
 #: Measured to compare the others' end to end with: up to --e2e-max saves.
 REFERENCES = {"inline", "manual"}
-POSTGRES = "postgres://postgres@127.0.0.1:5432/django_q_signals_bench"
-REDIS = "redis://127.0.0.1:6379/14"
+POSTGRES = os.environ.get(
+    "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/django_q_signals_bench"
+)
+REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
 def main() -> None:
@@ -102,9 +109,13 @@ def main() -> None:
         command += ["--e2e-max", str(args.e2e_max), "--modes", *args.modes]
         # Each measurement is printed and saved as it comes: a long run that
         # stops half way still leaves what it measured (see --report).
+        # Only the backend's own services: none of the tests' in the shell.
+        inherited = {
+            k: v for k, v in os.environ.items() if not k.startswith("QSIGNALS_")
+        }
         with subprocess.Popen(
             command,
-            env={**os.environ, **env},
+            env={**inherited, **env},
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
@@ -128,8 +139,20 @@ def progress(row: dict[str, Any]) -> str:
 
 
 def backends() -> list[tuple[str, dict[str, str]]]:
-    found = [("SQLite + ORM broker", {"BENCH_DB": f"{tempfile.mkdtemp()}/b.sqlite3"})]
-    if answers(5432) and answers(6379):
+    found = [
+        (
+            f"SQLite ({journal}) + ORM broker",
+            {"BENCH_DB": sqlite, "BENCH_JOURNAL": journal},
+        )
+        for journal, sqlite in (
+            ("WAL", f"{tempfile.mkdtemp()}/b.sqlite3"),
+            ("delete", f"{tempfile.mkdtemp()}/b.sqlite3"),
+        )
+    ]
+    if not answers(5432):
+        print("PostgreSQL does not answer on 127.0.0.1: SQLite only.")
+        return found
+    if answers(6379):
         fresh_database(POSTGRES)
         found.append(
             (
@@ -138,7 +161,13 @@ def backends() -> list[tuple[str, dict[str, str]]]:
             )
         )
     else:
-        print("PostgreSQL or Redis does not answer on 127.0.0.1: SQLite only.")
+        print(
+            "Redis does not answer on 127.0.0.1: PostgreSQL with the ORM broker only."
+        )
+    fresh_database(f"{POSTGRES}_orm")
+    found.append(
+        ("PostgreSQL + ORM broker", {"QSIGNALS_DATABASE_URL": f"{POSTGRES}_orm"})
+    )
     return found
 
 
@@ -492,6 +521,13 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
                 f"{where}: bytes per call in a batch task / 100 (at most 1.0x)",
                 at("batch", per_call),
                 100,
+                1.0,
+            )
+            check(
+                f"{where}: {label['default']} request path / hand-written "
+                "(at most 1.0x)",
+                at("default", lambda r: r["per_save_us"]),
+                at("manual", lambda r: r["per_save_us"]),
                 1.0,
             )
             check(

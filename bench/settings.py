@@ -1,7 +1,8 @@
-"""Settings for the benchmark: SQLite and the ORM broker, or PostgreSQL and Redis.
+"""Settings for the benchmark: SQLite or PostgreSQL, the ORM broker or Redis.
 
-``BENCH_DB`` is the SQLite file; ``QSIGNALS_DATABASE_URL`` and
-``QSIGNALS_REDIS_URL`` switch to PostgreSQL and Redis.
+``BENCH_DB`` is the SQLite file, in WAL mode unless ``BENCH_JOURNAL`` is
+``delete`` (SQLite's default); ``QSIGNALS_DATABASE_URL`` switches to
+PostgreSQL, and ``QSIGNALS_REDIS_URL`` to Redis.
 """
 
 import os
@@ -17,13 +18,13 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("BENCH_DB", "bench.sqlite3"),
-        "OPTIONS": {
-            "timeout": 60,
-            "transaction_mode": "IMMEDIATE",
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-        },
+        "OPTIONS": {"timeout": 60, "transaction_mode": "IMMEDIATE"},
     }
 }
+if os.environ.get("BENCH_JOURNAL", "WAL") == "WAL":
+    DATABASES["default"]["OPTIONS"]["init_command"] = (
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+    )
 if os.environ.get("QSIGNALS_DATABASE_URL"):
     _url = urlsplit(os.environ["QSIGNALS_DATABASE_URL"])
     DATABASES["default"] = {

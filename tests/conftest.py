@@ -35,13 +35,6 @@ collect_ignore = (
     ]
 )
 
-#: For a test that runs ``manage.py check`` for this package's checks: the app
-#: registers them, so without it (tests.settings_without_app) it is skipped.
-needs_app = pytest.mark.skipif(
-    "django_q_signals" not in settings.INSTALLED_APPS,
-    reason="the system checks are registered by the app",
-)
-
 F = TypeVar("F", bound=Callable[..., Any])
 Connect = Callable[..., Callable[[F], F]]
 
@@ -178,6 +171,37 @@ def broker_is_orm_on(alias: str) -> bool:
     return bool(alias == Conf.ORM)
 
 
+@contextmanager
+def transactions_writing_orm_tasks(alias: str = "default") -> Iterator[list[int]]:
+    """How many transactions committed tasks to the ORM broker's queue on
+    ``alias`` during the block, as the database counts them; the count is put
+    in the yielded list once the block ends.
+
+    SQLite, in its default journal mode, adds one to the change counter in
+    its file's header for each transaction that changed the file (the block
+    must change nothing else). On PostgreSQL each row's ``xmin`` is the
+    transaction that inserted it (the queue must be empty before the block).
+    """
+    connection = connections[alias]
+    counted: list[int] = []
+    if connection.vendor == "sqlite":
+        path = Path(connection.settings_dict["NAME"])
+        before = _change_counter(path)
+        yield counted
+        counted.append(_change_counter(path) - before)
+    else:
+        yield counted
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(DISTINCT xmin::text) FROM django_q_ormq")
+            counted.append(cursor.fetchone()[0])
+
+
+def _change_counter(path: Path) -> int:
+    with path.open("rb") as database:
+        database.seek(24)
+        return int.from_bytes(database.read(4), "big")
+
+
 class Worker:
     """A real ``manage.py qcluster`` process on the test database."""
 
@@ -272,22 +296,41 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> No
         f"{name} at {url} is not reachable"
         for name, url in (
             ("PostgreSQL", settings.QSIGNALS_DATABASE_URL),
+            ("MySQL or MariaDB", settings.QSIGNALS_MYSQL_URL),
             ("Redis", settings.QSIGNALS_REDIS_URL),
         )
         if url and _unreachable(url)
     ]
+    reasons: dict[str, str] = {}
+    if not (
+        (settings.QSIGNALS_DATABASE_URL and settings.QSIGNALS_REDIS_URL)
+        or settings.QSIGNALS_MYSQL_URL
+    ):
+        reasons["services"] = (
+            "needs PostgreSQL and Redis, or MySQL or MariaDB: set "
+            "QSIGNALS_DATABASE_URL and QSIGNALS_REDIS_URL, or QSIGNALS_MYSQL_URL "
+            "(see CONTRIBUTING.md)"
+        )
+    if not settings.QSIGNALS_REDIS_URL:
+        reasons["redis"] = "needs Redis: set QSIGNALS_REDIS_URL (see CONTRIBUTING.md)"
     if not (settings.QSIGNALS_DATABASE_URL and settings.QSIGNALS_REDIS_URL):
-        problems.append(
+        # The load and fault tests read PostgreSQL's own views.
+        reasons["reliability"] = (
             "needs PostgreSQL and Redis: set QSIGNALS_DATABASE_URL and "
             "QSIGNALS_REDIS_URL (see CONTRIBUTING.md)"
         )
-        affected = [item for item in items if item.get_closest_marker("services")]
-    else:
-        affected = items if problems else []
-    if not affected:
+    skips = []
+    for item in items:
+        why = problems or [
+            reason
+            for marker, reason in reasons.items()
+            if item.get_closest_marker(marker)
+        ]
+        if why:
+            skips.append((item, "; ".join(why)))
+    if not skips:
         return
-    reason = "; ".join(problems)
     if required:
-        raise pytest.UsageError(f"REQUIRE_SERVICES=1, but {reason}")
-    for item in affected:
+        raise pytest.UsageError(f"REQUIRE_SERVICES=1, but {skips[0][1]}")
+    for item, reason in skips:
         item.add_marker(pytest.mark.skip(reason=reason))

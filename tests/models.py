@@ -183,6 +183,21 @@ class Feature(Article):
     headline = models.CharField(max_length=100)
 
 
+class Page(models.Model):
+    """Its pk, a URL, can be longer than the outbox's object_pk column."""
+
+    # At most 3,072 bytes in utf8mb4: what MySQL can index.
+    url = models.CharField(max_length=700, primary_key=True)
+    title = models.CharField(max_length=100)
+
+
 class Slug(models.Model):
     code = models.CharField(max_length=50, primary_key=True)
     title = models.CharField(max_length=100)
+
+
+class Price(models.Model):
+    """A pk the database keeps to two places: 1.5 comes back as 1.50."""
+
+    amount = models.DecimalField(primary_key=True, max_digits=8, decimal_places=2)
+    label = models.CharField(max_length=100, default="")

@@ -1,10 +1,13 @@
 """Settings for the test suite.
 
 By default SQLite and Django Q2's ORM broker. With ``QSIGNALS_DATABASE_URL``
-(``postgres://user@host:port/name``) the databases are PostgreSQL, and with
-``QSIGNALS_REDIS_URL`` the broker is Redis (a database the tests empty): where
-both are set, ``nox -s tests`` runs the suite both ways. Nothing else in the
-environment (a ``DATABASE_URL`` or ``REDIS_URL`` of another project) is read.
+(``postgres://user@host:port/name``) the databases are PostgreSQL, with
+``QSIGNALS_MYSQL_URL`` (``mysql://user@host:port/name``) MySQL or MariaDB, and
+with ``QSIGNALS_REDIS_URL`` the broker is Redis (a database the tests empty).
+``nox -s tests`` runs the suite on SQLite, then on PostgreSQL with Redis where
+both of theirs are set, then on MySQL or MariaDB with the ORM broker where its
+variable is set. Nothing else in the environment (a ``DATABASE_URL`` or
+``REDIS_URL`` of another project) is read.
 """
 
 import os
@@ -75,17 +78,30 @@ DATABASES: dict[str, dict[str, Any]] = {
 }
 
 QSIGNALS_DATABASE_URL = os.environ.get("QSIGNALS_DATABASE_URL") or None
-if QSIGNALS_DATABASE_URL:
-    _url = urlsplit(QSIGNALS_DATABASE_URL)
+QSIGNALS_MYSQL_URL = os.environ.get("QSIGNALS_MYSQL_URL") or None
+if QSIGNALS_DATABASE_URL and QSIGNALS_MYSQL_URL:
+    raise ValueError(
+        "Set QSIGNALS_DATABASE_URL (PostgreSQL) or QSIGNALS_MYSQL_URL (MySQL or "
+        "MariaDB), not both: the tests run on one of them at a time."
+    )
+for _url_text, _engine, _port, _user in (
+    (QSIGNALS_DATABASE_URL, "django.db.backends.postgresql", 5432, "postgres"),
+    (QSIGNALS_MYSQL_URL, "django.db.backends.mysql", 3306, "root"),
+):
+    if not _url_text:
+        continue
+    _url = urlsplit(_url_text)
     _name = _url.path.lstrip("/")
     for _alias, _suffix in (("default", ""), ("other", "_other")):
         DATABASES[_alias] = {
-            "ENGINE": "django.db.backends.postgresql",
+            "ENGINE": _engine,
             "HOST": _url.hostname or "127.0.0.1",
-            "PORT": _url.port or 5432,
-            "USER": _url.username or "postgres",
+            "PORT": _url.port or _port,
+            "USER": _url.username or _user,
             "PASSWORD": _url.password or "",
             "NAME": _name + _suffix,
+            # The server's default collation: on MySQL and MariaDB it compares
+            # text without case, as most of their users' databases do.
             "TEST": {"NAME": f"test_{_name}{_suffix}"},
         }
 for _alias, _variable in (

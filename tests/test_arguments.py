@@ -8,9 +8,11 @@ import uuid
 from typing import Any
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
+from django.test.utils import CaptureQueriesContext
 
+from django_q_signals.worker import run_call
 from tests.conftest import Connect, custom, queued_tasks, run_queued
 from tests.models import Article, Author, Membership, Slug, Tag, Token
 
@@ -213,6 +215,71 @@ def test_a_pk_given_as_another_type_finds_its_row(
     assert instance is not None
     assert instance.pk == existing.pk
     assert getattr(instance, next(iter(fields))) == "b"
+
+
+# MySQL's and MariaDB's default collations compare text without case, and
+# pad it with spaces: "ABC" and "abc " are the row "abc" there.
+mysql_collations = pytest.mark.skipif(
+    connection.vendor != "mysql",
+    reason="other backends compare text pks exactly, case and spaces included",
+)
+
+
+@mysql_collations
+def test_a_save_through_a_pk_in_another_case_finds_its_row(
+    connect: Connect[Any],
+) -> None:
+    Slug.objects.create(code="abc", title="old")
+    received: list[tuple[str, str] | None] = []
+
+    @connect(post_save, sender=Slug)
+    def handler(instance: Slug | None, **kwargs: Any) -> None:
+        received.append((instance.pk, instance.title) if instance else None)
+
+    # An UPDATE of the row "abc": the signal's instance has the pk "ABC".
+    Slug(code="ABC", title="new").save()
+    assert Slug.objects.get().pk == "abc"
+    [task] = queued_tasks()
+    with CaptureQueriesContext(connection) as queries:
+        run_call(*task["args"])
+
+    assert len(queries) == 1  # the row's, as for any other pk
+
+    assert received == [("abc", "new")]
+
+
+@mysql_collations
+def test_a_batch_finds_rows_as_the_database_compares_their_pks(
+    connect: Connect[Any],
+) -> None:
+    for code in ("abc", "def", "gone"):
+        Slug.objects.create(code=code, title="old")
+    received: list[tuple[str, str] | None] = []
+
+    @connect(post_save, sender=Slug, batch=True)
+    def handler(instance: Slug | None, **kwargs: Any) -> None:
+        received.append((instance.pk, instance.title) if instance else None)
+
+    with transaction.atomic():
+        Slug(code="ABC", title="upper").save()
+        Slug(code="def ", title="padded").save()
+        gone = Slug.objects.get(code="gone")
+        gone.save()
+        gone.delete()
+    run_queued()
+    with transaction.atomic():
+        # One batch asks for "abc" and "ABC": each finds the row.
+        Slug.objects.get(code="abc").save()
+        Slug(code="ABC", title="again").save()
+    run_queued()
+
+    assert received == [
+        ("abc", "upper"),
+        ("def", "padded"),
+        None,
+        ("abc", "again"),
+        ("abc", "again"),
+    ]
 
 
 def test_a_string_uuid_pk_of_a_new_row_finds_it(connect: Connect[Any]) -> None:

@@ -20,7 +20,7 @@ from tests.conftest import (
     rolled_back,
     run_queued,
 )
-from tests.models import Article, Author, Tag
+from tests.models import Article, Author, Membership, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -110,6 +110,35 @@ def test_one_query_reloads_a_batch(titles: list[tuple[bool, str | None]]) -> Non
         assert run_batch(*task["args"]) == 50
     assert len(queries) == 1
     assert len(titles) == 50
+
+
+def test_rows_deleted_since_cost_the_batch_no_query_more(
+    titles: list[tuple[bool, str | None]],
+) -> None:
+    with transaction.atomic():
+        articles = [Article.objects.create(title=str(i)) for i in range(5)]
+    Article.objects.filter(pk__in=[articles[1].pk, articles[3].pk]).delete()
+    [task] = queued_tasks()
+    with CaptureQueriesContext(connection) as queries:
+        assert run_batch(*task["args"]) == 5
+    assert len(queries) == 1
+    assert titles == [(True, "0"), (True, None), (True, "2"), (True, None), (True, "4")]
+
+
+def test_a_batch_of_composite_pk_rows_some_deleted(connect: Connect[Any]) -> None:
+    received: list[str | None] = []
+
+    @connect(post_save, sender=Membership, batch=True)
+    def handler(instance: Membership | None, **kwargs: Any) -> None:
+        received.append(instance.role if instance else None)
+
+    with transaction.atomic():
+        for person in ("ada", "bob", "cy"):
+            Membership.objects.create(team="core", person=person, role=person)
+    Membership.objects.filter(person="bob").delete()
+    run_queued()
+
+    assert received == ["ada", None, "cy"]
 
 
 def test_relations_are_loaded_once_for_a_batch(connect: Connect[Any]) -> None:

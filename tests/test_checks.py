@@ -14,7 +14,7 @@ from django.db.models.signals import m2m_changed, post_save
 from django.test import override_settings
 
 from django_q_signals import _registry, checks
-from tests.conftest import Connect, custom, needs_app, path
+from tests.conftest import Connect, custom, path
 from tests.models import Article, Author, Bookmark, Loan
 
 
@@ -80,7 +80,6 @@ def test_e005_silent_for_the_default_redis_broker_with_redis_installed() -> None
         assert checks.check_q_cluster() == []
 
 
-@needs_app
 def test_e003_bad_q_signals_settings() -> None:
     with override_settings(Q_SIGNALS={"BATCH_SIZE": 0, "ON_COMMIT": "no"}):
         messages = checks.check_settings()
@@ -151,7 +150,7 @@ def test_w002_silent_when_retry_is_above_every_timeout(connect: Connect[Any]) ->
         assert checks.check_retry_above_timeout() == []
 
 
-@needs_app
+@pytest.mark.outbox  # manage.py check runs the app's checks
 def test_w001_handler_defined_in_a_function(connect: Connect[Any]) -> None:
     @connect(custom)
     def handler(**kwargs: Any) -> None:
@@ -295,7 +294,6 @@ def test_the_relations_of_a_lazy_sender_naming_no_model_are_not_checked() -> Non
     assert receiver.related_model is None
 
 
-@needs_app
 @override_settings(Q_SIGNALS={"ON_COMIT": False})
 def test_a_bad_setting_is_reported_once_by_check(
     connect: Connect[Any], caplog: pytest.LogCaptureFixture

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import re
 import sys
 import uuid
 from collections.abc import Callable
@@ -18,7 +20,8 @@ from django.dispatch import Signal
 from django.test import override_settings
 
 from django_q_signals import _registry
-from django_q_signals._queue import BATCH_TASK, TASK
+from django_q_signals._send import BATCH_TASK, TASK
+from django_q_signals.management.commands import qsignals as qsignals_command
 from django_q_signals.worker import run_call
 from tests.conftest import Connect, Worker, custom, path, purge, queued_tasks
 from tests.handlers import probe_fails, probe_succeeds, stats_probe
@@ -207,6 +210,55 @@ def test_shows_the_options_that_are_set(connect: Connect[Any]) -> None:
     # A batch's failures are acknowledged, so it is never run again whole.
     assert shown["q_options"] == (
         f"task_name='articles', group='{path(handler)}', timeout=60, ack_failure=True"
+    )
+
+
+def test_shows_every_option_set(connect: Connect[Any]) -> None:
+    # All but snapshot, which coalesce refuses (the test above shows it).
+    @connect(
+        post_save,
+        sender=Article,
+        batch=20,
+        select_related=["author"],
+        prefetch_related=["tags"],
+        outbox=True,
+        coalesce=True,
+        retries=3,
+        retry_backoff=30,
+        q_options={"timeout": 60},
+    )
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    shown = blocks(qsignals())[path(handler)]
+    assert shown["options"] == (
+        "on_commit=True (default), batch=20, select_related=author, "
+        "prefetch_related=tags, outbox=True, coalesce=True, retries=3, "
+        "retry_backoff=30"
+    )
+    assert "timeout=60" in shown["q_options"]
+
+
+def test_every_receiver_option_is_described() -> None:
+    """A new option of Receiver must say where its default comes from, or
+    the listing cannot show it."""
+    options = {
+        option.name
+        for option in dataclasses.fields(_registry.Receiver)
+        if option.name not in _registry.IDENTITY_FIELDS
+        and not option.name.startswith("_")
+    }
+    assert options == set(_registry.OPTION_SETTINGS)
+
+
+@override_settings(Q_SIGNALS={"OUTBOX": True})
+def test_shows_the_outbox_from_settings(connect: Connect[Any]) -> None:
+    @connect(post_save, sender=Article)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["options"] == (
+        "on_commit=True (default), outbox=True (from Q_SIGNALS['OUTBOX'])"
     )
 
 
@@ -558,13 +610,146 @@ def test_retry_takes_ids_and_a_handler(outbox_calls: Callable[..., Any]) -> None
     purge()
     first = OutboxCall.objects.filter(state="failed").order_by("pk").first()
     assert first is not None
-    assert qsignals("retry", str(first.pk)) == "Sent 1 failed outbox call(s) again.\n"
-    assert qsignals("retry", "--handler", "nobody") == (
-        "Sent 0 failed outbox call(s) again.\n"
+    assert qsignals("retry", f"default:{first.pk}") == (
+        "Sent 1 failed outbox call(s) again.\n"
     )
     assert qsignals("retry", "--handler", path(outbox_calls)) == (
         "Sent 1 failed outbox call(s) again.\n"
     )
+
+
+def failed_on_other(pk: int) -> None:
+    """A failed call on the other database, with id ``pk``."""
+    from django_q_signals.models import OutboxCall
+
+    custom.send(sender=None, n=9, using="other")
+    calls = OutboxCall.objects.using("other")
+    calls.update(state="failed")
+    calls.update(id=pk)
+
+
+@OUTBOX_DATABASES
+@pytest.mark.usefixtures("outbox_calls")
+def test_an_id_names_a_call_on_one_database() -> None:
+    from django_q_signals.models import OutboxCall
+
+    first = OutboxCall.objects.filter(state="failed").order_by("pk").first()
+    assert first is not None
+    failed_on_other(first.pk)
+    with pytest.raises(
+        CommandError,
+        match=re.escape(
+            f"Which database's call {first.pk}? Each database numbers its calls "
+            "from 1 (databases with the outbox table: 'default', 'other'): give "
+            f"--database ALIAS, or write the id as ALIAS:{first.pk}."
+        ),
+    ):
+        qsignals("discard", str(first.pk))
+    assert qsignals("discard", f"default:{first.pk}") == "Discarded 1 outbox call(s).\n"
+    assert OutboxCall.objects.using("other").filter(pk=first.pk).exists()
+    assert qsignals("discard", "--database", "other", str(first.pk)) == (
+        "Discarded 1 outbox call(s).\n"
+    )
+    assert not OutboxCall.objects.using("other").exists()
+
+
+@OUTBOX_DATABASES
+@pytest.mark.usefixtures("outbox_calls")
+def test_an_id_that_names_no_call_is_refused_and_nothing_is_done() -> None:
+    from django_q_signals.models import OutboxCall
+
+    failed = OutboxCall.objects.filter(state="failed").order_by("pk")[0].pk
+    sent = OutboxCall.objects.get(state="sent").pk
+    with pytest.raises(
+        CommandError,
+        match=re.escape(
+            f"No failed outbox call has the ids default:{sent}, default:999: "
+            "nothing was done."
+        ),
+    ):
+        qsignals("discard", f"default:{failed}", f"default:{sent}", "default:999")
+    assert OutboxCall.objects.count() == 3
+
+
+@OUTBOX_DATABASES
+@pytest.mark.usefixtures("outbox_calls")
+def test_a_handler_that_names_no_call_is_refused() -> None:
+    with pytest.raises(
+        CommandError,
+        match=re.escape(
+            "No failed outbox call of the handler 'shop.nobody', on any database: "
+            "nothing was done."
+        ),
+    ):
+        qsignals("retry", "--handler", "shop.nobody")
+
+
+@OUTBOX_DATABASES
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--database", "nowhere"],
+            (
+                "The database 'nowhere' has no outbox table (databases with the "
+                "outbox table: 'default', 'other')."
+            ),
+        ),
+        (
+            ["nowhere:1"],
+            (
+                "nowhere:1: the database 'nowhere' has no outbox table (databases "
+                "with the outbox table: 'default', 'other')."
+            ),
+        ),
+        (["--database", "default", "other:1"], "other:1 is on 'other', not 'default'."),
+        (["one"], "'one' is not an outbox call's id: give ID or ALIAS:ID"),
+    ],
+    ids=["unknown database", "unknown alias", "another database", "no number"],
+)
+def test_ids_and_databases_are_checked(args: list[str], message: str) -> None:
+    with pytest.raises(CommandError, match=re.escape(message)):
+        qsignals("discard", *args)
+
+
+@OUTBOX_DATABASES
+def test_retry_takes_a_handlers_path_whatever_its_dispatch_uid(
+    connect: Connect[Any],
+) -> None:
+    def handler(**kwargs: Any) -> None:
+        raise ValueError("no")
+
+    connect(custom, outbox=True, dispatch_uid="first")(handler)
+    connect(custom, outbox=True, dispatch_uid="second")(handler)
+    custom.send(sender=None)
+    for task in queued_tasks():
+        with contextlib.suppress(ValueError):
+            run_call(*task["args"])
+    purge()
+    assert qsignals("retry", "--handler", path(handler)) == (
+        "Sent 2 failed outbox call(s) again.\n"
+    )
+    discard = ("discard", "--state", "any", "--handler", f"{path(handler)}#second")
+    assert qsignals(*discard) == "Discarded 1 outbox call(s).\n"
+
+
+@OUTBOX_DATABASES
+def test_stats_name_each_receivers_failed_calls_by_database_and_id(
+    outbox_calls: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django_q_signals.models import OutboxCall
+
+    ids = list(
+        OutboxCall.objects.filter(state="failed")
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    failed_on_other(1)
+    shown = blocks(qsignals("--stats"))[path(outbox_calls)]
+    assert shown["failed calls"] == (f"default:{ids[0]}, default:{ids[1]}, other:1")
+    monkeypatch.setattr(qsignals_command, "_FAILED_NAMED", 2)
+    shown = blocks(qsignals("--stats"))[path(outbox_calls)]
+    assert shown["failed calls"] == f"default:{ids[0]}, default:{ids[1]} and 1 more"
 
 
 @OUTBOX_DATABASES

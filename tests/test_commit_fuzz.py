@@ -14,7 +14,7 @@ import pytest
 from django.db import connections, transaction
 from django.test import TestCase
 
-from django_q_signals import _queue, async_receiver
+from django_q_signals import _send, async_receiver
 from tests.conftest import custom
 
 ALIASES = ["default", "other"]
@@ -153,11 +153,11 @@ def library() -> Iterator[list[Any]]:
     def record(calls: list[Any]) -> None:
         log.extend(("sent", call.value("n")) for call in calls)
 
-    _queue.diversions.append(record)
+    _send.diversions.append(record)
     try:
         yield log
     finally:
-        _queue.diversions.remove(record)
+        _send.diversions.remove(record)
         custom.disconnect(dispatch_uid="fuzz-library")
 
 

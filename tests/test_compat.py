@@ -17,7 +17,7 @@ from django.db.models.signals import post_delete, post_save
 
 from django_q_signals import checks
 from tests import handlers
-from tests.conftest import Connect, Worker, custom, needs_app
+from tests.conftest import Connect, Worker, custom
 from tests.models import Hideable, Note, Seen
 
 this_module = sys.modules[__name__]
@@ -228,7 +228,7 @@ def test_a_module_attribute_of_that_name_is_never_overwritten(
     )
 
 
-@needs_app
+@pytest.mark.outbox  # manage.py check runs the app's checks
 def test_manage_py_check_reports_w003(
     connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

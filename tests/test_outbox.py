@@ -6,12 +6,13 @@ import logging
 import pickle
 import socket
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any, ClassVar
 
 import pytest
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models.signals import post_save
+from django.db.models.signals import post_save, pre_save
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -37,7 +38,16 @@ from tests.conftest import (
     rolled_back,
     run_queued,
 )
-from tests.models import Article, Author, Ledger, Membership, ProxyArticle
+from tests.models import (
+    Article,
+    Author,
+    Ledger,
+    Membership,
+    Page,
+    Price,
+    ProxyArticle,
+    Token,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
 
@@ -528,6 +538,30 @@ def test_the_relay_sends_the_calls_of_databases_that_answer(
     assert error.startswith("Relay: the database 'other' could not be read")
 
 
+def test_the_relay_goes_on_when_a_database_fails_in_the_middle(
+    titles: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from django.db import OperationalError, connections
+
+    Article.objects.create(title="a")
+    purge()
+    OutboxCall.objects.update(
+        state=State.QUEUED, created=timezone.now() - timedelta(minutes=1)
+    )
+
+    def lost_connection(execute: Any, sql: str, *args: Any) -> Any:
+        if "outboxcall" in sql:
+            raise OperationalError("server closed the connection unexpectedly")
+        return execute(sql, *args)
+
+    with connections["other"].execute_wrapper(lost_connection):
+        assert _relay.run() == 1
+    run_queued()
+    assert titles == ["a"]
+    [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "'other' could not be read (OperationalError: server closed" in error
+
+
 def test_the_relay_sends_each_due_call_once(titles: list[str]) -> None:
     with transaction.atomic():
         for n in range(3):
@@ -559,10 +593,15 @@ def test_the_relay_skips_rows_that_hold_no_call(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     Article.objects.create(title="a")
-    OutboxCall.objects.create(receiver="gone", payload=_outbox.signed(b"not a call"))
+    row = OutboxCall.objects.create(
+        receiver="gone", payload=_outbox.signed(b"not a call")
+    )
     purge()
     assert _relay.run(everything=True) == 1
-    assert "holds no call: not a call of this version" in caplog.text
+    assert (
+        f"outbox row default:{row.pk} holds no call: not a call of this version"
+        in caplog.text
+    )
 
 
 class Forged:
@@ -737,6 +776,9 @@ def test_the_relay_is_scheduled_only_where_the_router_puts_django_q() -> None:
                 "migrate", "django_q_signals", target, database="other", verbosity=0
             )
 
+    # What the test database's own migration scheduled, if no test has
+    # emptied "other" since.
+    Schedule.objects.using("other").all().delete()
     with override_settings(DATABASE_ROUTERS=[KeepOff("other", "django_q")]):
         migrate_other_again()
     assert not Schedule.objects.using("other").exists()
@@ -779,6 +821,102 @@ def test_pending_gives_the_calls_still_to_run_for_a_row(
     assert not pending(other).exists()
 
 
+def test_pending_takes_a_handlers_path_whatever_its_dispatch_uids(
+    connect: Connect[Any],
+) -> None:
+    def index(**kwargs: Any) -> None:
+        pass
+
+    def index_all(**kwargs: Any) -> None:
+        pass
+
+    connect(post_save, sender=Article, outbox=True, dispatch_uid="search")(index)
+    connect(post_save, sender=Article, outbox=True, dispatch_uid="feed")(index)
+    connect(post_save, sender=Article, outbox=True)(index_all)
+    article = Article.objects.create(title="a")
+    assert pending(article, path(index)).count() == 2
+    assert pending(article, index).count() == 2
+    [call] = pending(article, f"{path(index)}#feed")
+    assert call.receiver == f"{path(index)}#feed"
+    assert pending(article, path(index_all)).count() == 1
+
+
+def test_pending_lists_the_calls_of_a_snapshot_receiver(connect: Connect[Any]) -> None:
+    titles: list[str] = []
+
+    @connect(post_save, sender=Article, outbox=True, snapshot=True)
+    def handler(instance: Article, **kwargs: Any) -> None:
+        titles.append(instance.title)
+
+    article = Article.objects.create(title="a")
+    Article.objects.update(title="b")
+    [call] = pending(article)
+    assert (call.model, call.receiver) == ("tests.Article", path(handler))
+    run_queued()
+    assert titles == ["a"]  # as it was at its signal
+    assert not pending(article).exists()
+
+
+def test_pending_lists_the_pre_save_call_of_a_row_being_created(
+    connect: Connect[Any],
+) -> None:
+    received: list[Token] = []
+
+    @connect(pre_save, sender=Token, outbox=True)
+    def handler(instance: Token, **kwargs: Any) -> None:
+        received.append(instance)
+
+    token = Token.objects.create(label="a")  # Its pk is set before the save.
+    [call] = pending(token)
+    assert call.object_pk == str(token.pk)
+    run_queued()
+    assert [(each.pk, each.label) for each in received] == [(token.pk, "a")]
+    assert not pending(token).exists()
+
+
+def test_a_pre_save_call_of_a_row_with_no_pk_yet_names_no_row(
+    connect: Connect[Any],
+) -> None:
+    @connect(pre_save, sender=Article, outbox=True)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    article = Article.objects.create(title="a")
+    [call] = OutboxCall.objects.all()
+    assert (call.model, call.object_pk) == ("", "")
+    assert not pending(article).exists()
+
+
+def test_a_call_whose_instance_is_no_model_instance_names_no_row(
+    connect: Connect[Any],
+) -> None:
+    @connect(custom, outbox=True)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    custom.send(sender=None, instance={"pk": 1})
+    [call] = OutboxCall.objects.all()
+    assert (call.model, call.object_pk) == ("", "")
+
+
+def test_pending_finds_a_decimal_pk_the_database_gives_back_with_more_places(
+    connect: Connect[Any],
+) -> None:
+    @connect(post_save, sender=Price, outbox=True)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    Price.objects.create(amount=Decimal("1.5"))
+    Price.objects.create(amount=Decimal("100"))
+    loaded = Price.objects.order_by("pk")
+    assert [price.pk for price in loaded] == [Decimal("1.50"), Decimal("100.00")]
+    assert [pending(price).count() for price in loaded] == [1, 1]
+    assert sorted(OutboxCall.objects.values_list("object_pk", flat=True)) == [
+        "1.5",
+        "100",
+    ]
+
+
 def test_pending_finds_a_row_saved_through_a_proxy(connect: Connect[Any]) -> None:
     @connect(post_save, sender=ProxyArticle, outbox=True)
     def handler(**kwargs: Any) -> None:
@@ -797,6 +935,31 @@ def test_pending_finds_a_row_with_a_composite_pk(connect: Connect[Any]) -> None:
     Membership.objects.create(team="core", person="bob", role="dev")
     [row] = OutboxCall.objects.filter(object_pk='["core", "ada"]')
     assert [call.pk for call in pending(member)] == [row.pk]
+
+
+def test_a_pk_longer_than_the_outbox_column_is_written_and_found(
+    connect: Connect[Any],
+) -> None:
+    seen: list[str] = []
+
+    @connect(post_save, sender=Page, outbox=True)
+    def handler(instance: Page, **kwargs: Any) -> None:
+        seen.append(instance.title)
+
+    start = "https://example.com/" + "long/" * 100
+    with transaction.atomic():
+        first = Page.objects.create(url=start + "first", title="first")
+        second = Page.objects.create(url=start + "second", title="second")
+    [one] = pending(first)
+    [two] = pending(second)
+    assert one.pk != two.pk
+    fits = OutboxCall._meta.get_field("object_pk").max_length
+    assert fits is not None
+    assert all(len(call.object_pk) <= fits for call in (one, two))
+    assert one.object_pk.startswith("https://example.com/long/")
+    run_queued()
+    assert sorted(seen) == ["first", "second"]
+    assert not OutboxCall.objects.exists()
 
 
 def test_pending_uses_the_rows_database(connect: Connect[Any]) -> None:

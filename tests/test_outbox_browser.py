@@ -5,21 +5,25 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 from django.db.models.signals import post_save
+from django.test import override_settings
 
 from django_q_signals.models import OutboxCall
 from django_q_signals.worker import run_call
-from tests.conftest import Connect, purge, queued_tasks
+from tests.conftest import Connect, purge, queued_tasks, rolled_back
 from tests.models import Article
 
 if TYPE_CHECKING:
-    from pytest_django.live_server_helper import LiveServer
     from selenium.webdriver.remote.webdriver import WebDriver
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -34,10 +38,83 @@ pytestmark = [
 
 
 @pytest.fixture
-def browser() -> Iterator[WebDriver]:
+def server(transactional_db: None) -> Iterator[str]:
+    """The project served on 127.0.0.1 by a thread of the test process: its URL.
+
+    The thread never shares the test's database connections: each request
+    opens its own, as in a deployment, and sees what the test committed.
+    (pytest-django's ``live_server`` shares SQLite connections that are in
+    memory when it starts, which can be before the test database exists; the
+    request threads and the test then use one SQLite connection at once, and
+    the process crashes.)
+    """
+    from django.contrib.staticfiles.handlers import StaticFilesHandler
+    from django.db.backends.sqlite3.base import DatabaseWrapper as SQLite
+    from django.test.testcases import LiveServerThread
+
+    database = connections["default"]
+    assert not (isinstance(database, SQLite) and database.is_in_memory_db()), (
+        "the test database is in memory, where the server's connections cannot "
+        "see it: give it a file (TEST NAME) in tests/settings.py"
+    )
+    thread = LiveServerThread("127.0.0.1", StaticFilesHandler, connections_override={})
+    thread.daemon = True
+    with override_settings(ALLOWED_HOSTS=["127.0.0.1"]):
+        thread.start()
+        thread.is_ready.wait()
+        try:
+            if thread.error:
+                raise thread.error
+            yield f"http://127.0.0.1:{thread.port}"
+        finally:
+            thread.terminate()
+
+
+#: Waits beside the browser until the test process closes its stdin, as it
+#: does when it has quit the browser or when it dies, then kills every process
+#: still working in the browser's folder (chromedriver, Chromium and their
+#: children, whatever process group they lead) and removes the folder.
+REAPER = """
+import os, shutil, signal, sys
+folder = sys.argv[1]
+sys.stdin.read()
+
+
+def kill_all():
+    killed = False
+    for pid in os.listdir("/proc"):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd") == folder:
+                os.kill(int(pid), signal.SIGKILL)
+                killed = True
+        except OSError:  # not a process, or gone, or a zombie
+            pass
+    return killed
+
+
+while os.path.isdir("/proc") and kill_all():  # until none is left to start another
+    pass
+shutil.rmtree(folder, ignore_errors=True)
+"""
+
+
+@pytest.fixture
+def browser(server: str) -> Iterator[WebDriver]:
+    """Chromium in a folder of its own (profile, temporary files, configuration),
+    quit before the server stops; then, however the test ends, even if the
+    test process dies, nothing of it is left: no process, no file.
+    """
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    folder = os.path.realpath(tempfile.mkdtemp(prefix="qsignals-chromium-"))
+    # In its own session: a Ctrl-C in the terminal does not stop it.
+    reaper = subprocess.Popen(
+        [sys.executable, "-c", REAPER, folder],
+        stdin=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert reaper.stdin is not None
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in (
@@ -45,16 +122,34 @@ def browser() -> Iterator[WebDriver]:
         "--no-sandbox",
         "--disable-gpu",
         "--disable-dev-shm-usage",
+        "--no-first-run",
         "--disable-background-networking",
         "--disable-component-update",
-        "--no-first-run",
+        "--disable-sync",
+        f"--user-data-dir={folder}/profile",
         "--window-size=1400,900",
     ):
         options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.implicitly_wait(5)
-    yield driver
-    driver.quit()
+    # Chromium's temporary files and crash reports go in the folder too, not in
+    # /tmp and ~/.config; its processes inherit the working directory, by which
+    # the reaper finds them.
+    env = {
+        **os.environ,
+        "TMPDIR": folder,
+        "XDG_CONFIG_HOME": folder,
+        "XDG_CACHE_HOME": folder,
+    }
+    service = Service(CHROMEDRIVER, env=env, popen_kw={"cwd": folder})
+    try:
+        driver = webdriver.Chrome(service=service, options=options)
+        try:
+            driver.implicitly_wait(5)
+            yield driver
+        finally:
+            driver.quit()
+    finally:
+        reaper.stdin.close()
+        reaper.wait()
 
 
 @pytest.fixture
@@ -81,13 +176,13 @@ def screenshot(browser: WebDriver, name: str) -> None:
 
 @pytest.mark.usefixtures("outbox")
 def test_an_admin_filters_the_outbox_sends_again_and_discards(
-    browser: WebDriver, live_server: LiveServer
+    server: str, browser: WebDriver
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
     User.objects.create_superuser("admin", "admin@example.com", "secret")
-    browser.get(f"{live_server.url}/admin/login/?next=/admin/")
+    browser.get(f"{server}/admin/login/?next=/admin/")
     browser.find_element(By.NAME, "username").send_keys("admin")
     browser.find_element(By.NAME, "password").send_keys("secret")
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
@@ -129,3 +224,19 @@ def test_an_admin_filters_the_outbox_sends_again_and_discards(
     )
     assert len(rows()) == 2
     screenshot(browser, "outbox-admin-after")
+
+
+def test_the_server_sees_only_what_the_test_committed(
+    server: str, browser: WebDriver
+) -> None:
+    """The server's requests have connections of their own, as in a deployment."""
+    from selenium.webdriver.common.by import By
+
+    with rolled_back():
+        User.objects.create_superuser("admin", "admin@example.com", "secret")
+        browser.get(f"{server}/admin/login/?next=/admin/")
+        browser.find_element(By.NAME, "username").send_keys("admin")
+        browser.find_element(By.NAME, "password").send_keys("secret")
+        browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+        error = browser.find_element(By.CSS_SELECTOR, ".errornote").text
+    assert error.startswith("Please enter the correct username and password")

@@ -41,7 +41,9 @@ def misses(handler: str) -> int:
     return Seen.objects.filter(handler=handler).exclude(title="final").count()
 
 
-@pytest.mark.parametrize("broker", ["redis", "orm on other"])
+@pytest.mark.parametrize(
+    "broker", [pytest.param("redis", marks=pytest.mark.redis), "orm on other"]
+)
 def test_no_handler_sees_a_missing_or_stale_row(
     broker: str,
     tmp_path: Path,

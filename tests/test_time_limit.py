@@ -37,6 +37,17 @@ def run_within_a_second(func: Any, *args: Any) -> Any:
         return func(*args)
 
 
+def taken_batch(calls: int) -> dict[str, Any]:
+    """The task of ``calls`` signals sent in one commit, taken off the
+    broker as a worker takes it."""
+    with transaction.atomic():
+        for n in range(calls):
+            custom.send(sender=None, n=n)
+    [task] = queued_tasks()
+    purge()
+    return task
+
+
 def rows() -> list[tuple[str, int, str]]:
     """Each outbox row: state, attempts, the last line of its error."""
     from django_q_signals.models import OutboxCall
@@ -61,11 +72,7 @@ def test_a_batch_cut_short_fails_that_call_and_sends_the_rest_again(
         if n == 1 and runs.count(1) == 1:
             time.sleep(OUTLIVE)
 
-    with transaction.atomic():
-        for n in range(4):
-            custom.send(sender=None, n=n)
-    [task] = queued_tasks()
-    purge()  # taken off the broker, as a worker takes it
+    task = taken_batch(4)
     with pytest.raises(TimeoutException) as cut:
         run_within_a_second(run_batch, *task["args"])
 
@@ -138,11 +145,7 @@ def test_a_batch_without_the_outbox_sends_the_calls_after_the_cut_again(
         if n == 0 and runs.count(0) == 1:
             time.sleep(OUTLIVE)
 
-    with transaction.atomic():
-        for n in range(3):
-            custom.send(sender=None, n=n)
-    [task] = queued_tasks()
-    purge()
+    task = taken_batch(3)
     with pytest.raises(
         TimeoutException, match="calls 2, 3 did not run and were sent again"
     ):
@@ -177,11 +180,7 @@ def test_the_limit_reached_between_two_calls_stops_the_batch_before_the_next(
             if "failed" in record.getMessage():
                 signal.raise_signal(signal.SIGALRM)
 
-    with transaction.atomic():
-        for n in range(3):
-            custom.send(sender=None, n=n)
-    [task] = queued_tasks()
-    purge()
+    task = taken_batch(3)
     alarm = AlarmWhileLogging()
     logging.getLogger("django_q_signals").addHandler(alarm)
     try:
@@ -221,3 +220,52 @@ def test_a_run_with_no_time_limit_is_left_as_it_is() -> None:
     with TimeLimit() as limit, limit.handler():
         assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
     limit.check()
+
+
+@pytest.mark.outbox
+def test_a_worker_stopped_inside_a_batch_leaves_that_call_to_its_claim(
+    connect: Connect[Any],
+) -> None:
+    """A stop (KeyboardInterrupt) is no failure of the call: it runs again
+    once its claim expires. The calls after it are sent again at once."""
+    from django_q_signals.models import OutboxCall
+
+    runs: list[int] = []
+
+    @connect(custom, outbox=True, batch=True)
+    def handler(n: int, **kwargs: Any) -> None:
+        runs.append(n)
+        if n == 0 and runs.count(0) == 1:
+            raise KeyboardInterrupt
+
+    task = taken_batch(2)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(*task["args"])
+    assert [state for state, _, _ in rows()] == [
+        OutboxCall.State.RUNNING,
+        OutboxCall.State.SENT,
+    ]
+    run_queued()
+    assert runs == [0, 1]
+    # Its claim expires: the relay sends it again.
+    OutboxCall.objects.update(due=timezone.now() - timedelta(seconds=1))
+    _relay.run()
+    run_queued()
+    assert runs == [0, 1, 0]
+    assert not OutboxCall.objects.exists()
+
+
+def test_a_stop_at_the_last_call_of_a_batch_sends_nothing_again(
+    connect: Connect[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    @connect(custom, batch=True)
+    def handler(n: int, **kwargs: Any) -> None:
+        if n == 1:
+            raise KeyboardInterrupt
+
+    task = taken_batch(2)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(*task["args"])
+    assert queued_tasks() == []
+    [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert error.endswith(": call 2 of 2 was cut short")

@@ -16,7 +16,7 @@ from django.db.models.signals import post_save
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
-from django_q_signals import _brokers, _queue
+from django_q_signals import _brokers, _send
 from tests.conftest import (
     Connect,
     broker_is_orm_on,
@@ -25,6 +25,7 @@ from tests.conftest import (
     queued_tasks,
     rolled_back,
     run_queued,
+    transactions_writing_orm_tasks,
 )
 from tests.models import Article, Ledger
 
@@ -100,7 +101,7 @@ def test_on_commit_false_queues_inside_the_transaction(connect: Connect[Any]) ->
 @pytest.mark.parametrize(
     ("at_most", "signals", "writes"),
     [
-        (_queue.WRITE_AT_MOST, 5, 1),
+        (_send.WRITE_AT_MOST, 5, 1),
         # A large commit: a bounded number of tasks signed and written at once.
         (3, 7, 3),
     ],
@@ -112,7 +113,7 @@ def test_one_commit_is_one_write_to_the_broker(
     signals: int,
     writes: int,
 ) -> None:
-    monkeypatch.setattr(_queue, "WRITE_AT_MOST", at_most)
+    monkeypatch.setattr(_send, "WRITE_AT_MOST", at_most)
     before = broker_writes()
     with CaptureQueriesContext(connection) as queries, transaction.atomic():
         for n in range(signals):
@@ -123,6 +124,79 @@ def test_one_commit_is_one_write_to_the_broker(
         assert broker_writes() == before + writes
     run_queued()
     assert numbers == list(range(signals))
+
+
+@pytest.mark.parametrize(
+    ("at_most", "signals", "transactions"),
+    [(_send.WRITE_AT_MOST, 5, 1), (3, 7, 3)],
+)
+def test_a_write_to_the_orm_broker_is_one_transaction(
+    numbers: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+    at_most: int,
+    signals: int,
+    transactions: int,
+) -> None:
+    from django_q.conf import Conf
+
+    # A commit per task would be a durable write (a sync to disk) per task.
+    monkeypatch.setattr(Conf, "ORM", "default")
+    monkeypatch.setattr(_send, "WRITE_AT_MOST", at_most)
+    with transactions_writing_orm_tasks() as counted, transaction.atomic():
+        for n in range(signals):
+            custom.send(sender=None, n=n)
+    assert counted == [transactions]
+    run_queued()
+    assert numbers == list(range(signals))
+
+
+@pytest.fixture
+def orm_queue_refusing_its_third_row(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The ORM broker's queue, on a database that fails the third row written
+    to it (as a full disk or a lost connection would, part way)."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "ORM", "default")
+    refuse = "the queue is full"
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute(
+                "CREATE TRIGGER refuse_third BEFORE INSERT ON django_q_ormq "
+                "WHEN (SELECT count(*) FROM django_q_ormq) >= 2 "
+                f"BEGIN SELECT RAISE(ABORT, '{refuse}'); END"
+            )
+        else:
+            cursor.execute(
+                "CREATE FUNCTION refuse_third() RETURNS trigger AS $$ BEGIN "
+                "IF (SELECT count(*) FROM django_q_ormq) >= 2 THEN "
+                f"RAISE EXCEPTION '{refuse}'; END IF; RETURN NEW; END "
+                "$$ LANGUAGE plpgsql"
+            )
+            cursor.execute(
+                "CREATE TRIGGER refuse_third BEFORE INSERT ON django_q_ormq "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_third()"
+            )
+    yield
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("DROP TRIGGER refuse_third")
+        else:
+            cursor.execute("DROP TRIGGER refuse_third ON django_q_ormq")
+            cursor.execute("DROP FUNCTION refuse_third()")
+
+
+@pytest.mark.usefixtures("numbers", "orm_queue_refusing_its_third_row")
+def test_a_write_to_the_orm_broker_that_fails_part_way_writes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with transaction.atomic():
+        for n in range(5):
+            custom.send(sender=None, n=n)
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.getMessage().startswith("Could not queue 5 task(s)")
+    assert record.getMessage().endswith("they are lost")
+    # Not two of the five, which would run while the log says none will.
+    assert queued_tasks() == []
 
 
 def broker_writes() -> int:
@@ -441,6 +515,7 @@ def test_nothing_is_formatted_for_debug_logs_nobody_reads(
 
 
 @pytest.mark.services
+@pytest.mark.redis
 def test_a_django_redis_connection_is_used_as_it_is(
     numbers: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -45,9 +45,9 @@ def test_the_outbox_setting_is_refused_in_the_signal_before_anything_is_written(
         runs.append(instance.title)
 
     with override_settings(Q_SIGNALS={"OUTBOX": True}):
-        with pytest.raises(ImproperlyConfigured, match="INSTALLED_APPS"):
-            with transaction.atomic():
-                Article.objects.create(title="refused")
+        refused = pytest.raises(ImproperlyConfigured, match="INSTALLED_APPS")
+        with refused, transaction.atomic():
+            Article.objects.create(title="refused")
         assert not Article.objects.exists()
         assert queued_tasks() == []
     # Without the setting, the same receiver queues at the commit.

@@ -116,3 +116,38 @@ def test_relations_apply_to_the_model_they_were_written_for(worker: Worker) -> N
     shelved = Seen.objects.filter(handler="record_shelving").order_by("id")
     assert list(shelved.values_list("title", flat=True)) == ["Shelf Ada", "Note None"]
     assert not Failure.objects.exists()
+
+
+@pytest.mark.outbox
+@pytest.mark.usefixtures("transactional_db")
+def test_the_relay_run_by_the_cluster_sends_a_call_whose_task_was_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the ORM broker, the relay's own task is in the queue while it runs:
+    it must not count as a task still on its way."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from django_q.conf import Conf
+    from django_q.models import Success
+    from django_q.tasks import async_task
+
+    from django_q_signals.models import OutboxCall
+    from tests.conftest import purge
+    from tests.outbox_handlers import relay_probe
+
+    monkeypatch.setattr(Conf, "ORM", "default")
+    relay_probe.send(sender=None, word="lost")
+    purge()  # a worker took the task and died before it ran
+    OutboxCall.objects.update(sent=timezone.now() - timedelta(minutes=5))
+    worker = Worker(tmp_path / "qcluster.log", QSIGNALS_ORM_BROKER="default")
+    try:
+        async_task("django_q_signals.worker.relay")
+        worker.wait_for(Seen.objects.filter(handler="probe_relayed").exists)
+    finally:
+        worker.stop()
+    assert list(Seen.objects.values_list("title", flat=True)) == ["lost"]
+    assert (
+        Success.objects.filter(func="django_q_signals.worker.relay").get().result == 1
+    )
+    assert not OutboxCall.objects.exists()

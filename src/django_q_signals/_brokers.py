@@ -1,7 +1,7 @@
 """Writing signed tasks to Django Q2's broker, several in one write.
 
-The ORM broker gets one ``executemany`` INSERT, Redis one ``RPUSH``, any other
-broker its own ``enqueue`` per task.
+The ORM broker gets one ``executemany`` INSERT in one transaction, Redis one
+``RPUSH``, any other broker its own ``enqueue`` per task.
 
 A network broker that fails costs a request at most about a second: Redis is
 written to with short timeouts and no retries. One that refuses connections
@@ -42,18 +42,38 @@ class BrokerUnavailable(ConnectionError):
     """A write was not tried: the broker failed a moment ago."""
 
 
-def write(destination: Any, packs: list[str], tasks: list[list[Call]]) -> None:
-    """Put ``packs`` on the broker for ``destination``: a broker object, a
-    cluster name, or None for the default cluster."""
+def destination(options: dict[str, Any]) -> Any:
+    """Where tasks with these Django Q2 options go: a broker object of the
+    project's (``q_options["broker"]``), a cluster's name, or None for the
+    default cluster."""
+    return options.get("broker") or options.get("cluster")
+
+
+def queue_key(destination: Any) -> Any:
+    """The queue of ``destination``: its cluster's name, or the broker object."""
     from django_q.conf import Conf
 
     if isinstance(destination, str) or destination is None:
-        key = destination or Conf.CLUSTER_NAME
-        if Conf.ORM and not (Conf.BROKER_CLASS or Conf.IRON_MQ or Conf.SQS):
-            _write_orm(key, packs, [call for task in tasks for call in task])
-            return
-    else:
-        key = destination  # A broker object of the project's, in q_options.
+        return destination or Conf.CLUSTER_NAME
+    return destination
+
+
+def is_orm(destination: Any) -> bool:
+    """Whether tasks for ``destination`` go to Django Q2's ORM broker."""
+    from django_q.conf import Conf
+
+    named = isinstance(destination, str) or destination is None
+    return (
+        named and bool(Conf.ORM) and not (Conf.BROKER_CLASS or Conf.IRON_MQ or Conf.SQS)
+    )
+
+
+def write(destination: Any, packs: list[str], tasks: list[list[Call]]) -> None:
+    """Put ``packs`` on the broker for ``destination`` (see ``destination()``)."""
+    key = queue_key(destination)
+    if is_orm(destination):
+        _write_orm(key, packs, [call for task in tasks for call in task])
+        return
     failed_at = _failed_at.get(key)
     if failed_at is not None and time.monotonic() - failed_at < COOL_DOWN:
         raise BrokerUnavailable(
@@ -109,7 +129,13 @@ def _write_orm(key: str, packs: list[str], calls: list[Call]) -> None:
 
 def _insert_orm_tasks(alias: str, key: str, packs: list[str]) -> None:
     """Rows of Django Q2's ORM broker queue, as its ``enqueue`` writes them:
-    one INSERT run for all of them, without building a model instance each."""
+    one INSERT run for all of them, without building a model instance each.
+
+    In autocommit, one transaction for all of them (not a commit per row); in
+    an open transaction, a savepoint in it, which adds no commit and takes
+    back nothing the caller had not already put in that transaction. Either
+    way a failure leaves none of them written.
+    """
     from django_q.models import OrmQ
 
     connection = connections[alias]
@@ -124,7 +150,7 @@ def _insert_orm_tasks(alias: str, key: str, packs: list[str]) -> None:
         field.get_db_prep_save(value, connection)
         for field, value in ((fields[0], key), (fields[2], timezone.now()))
     )
-    with connection.cursor() as cursor:
+    with transaction.atomic(using=alias), connection.cursor() as cursor:
         cursor.executemany(sql, [(key_value, pack, lock) for pack in packs])
 
 

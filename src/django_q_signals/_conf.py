@@ -112,6 +112,19 @@ def get() -> Config:
     return _config
 
 
+def value_of(setting: str) -> Any:
+    """The value of a ``Q_SIGNALS`` key, as used: given, or the default."""
+    return getattr(get(), _SETTING_NAMES[setting])
+
+
+def origin(setting: str) -> str:
+    """Where the value of a ``Q_SIGNALS`` key comes from, for people."""
+    configured = getattr(settings, "Q_SIGNALS", {})
+    if isinstance(configured, dict) and setting in configured:
+        return f"from Q_SIGNALS[{setting!r}]"
+    return "default"
+
+
 def read() -> tuple[Config, list[str]]:
     """``settings.Q_SIGNALS`` as a Config, and what is wrong with it."""
     configured = getattr(settings, "Q_SIGNALS", {})

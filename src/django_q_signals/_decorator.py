@@ -15,7 +15,7 @@ from django.db.models.base import ModelBase
 from django.dispatch import Signal
 from django.utils.inspect import func_accepts_kwargs
 
-from django_q_signals import _compat, _conf, _outbox, _payload, _queue, _registry
+from django_q_signals import _commit, _compat, _conf, _outbox, _payload, _registry
 from django_q_signals.checks import check_outbox_installed
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def _receive_for(receiver: _registry.Receiver) -> Callable[..., None]:
             and cast("type[Model]", sender)._meta.app_label in _OWN_APPS
         ):
             return
-        _queue.queue_call(_payload.encode_call(receiver, signal, sender, kwargs))
+        _commit.queue_call(_payload.encode_call(receiver, signal, sender, kwargs))
 
     # What Django's checks call it, for example when a lazy sender names no
     # model ("The function 'shop.signals.reindex' was connected ...").

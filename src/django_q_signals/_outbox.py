@@ -23,7 +23,7 @@ from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, router
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from django_q_signals._payload import (
@@ -84,7 +84,7 @@ def write(call: Call, replacing: Call | None = None) -> None:
     if not _has_table(alias):
         return
     model_label = object_pk = ""
-    instance = call.instance_row()
+    instance = call.instance_pk()
     if instance is not None:
         model_label, object_pk = concrete_label(instance[0]), canonical_pk(instance[1])
     call.outbox_id = _insert(
@@ -376,6 +376,14 @@ def refs(calls: list[Call]) -> tuple[Ref | None, ...] | None:
     )
 
 
+def _by_alias(refs: Iterable[Ref | None]) -> Iterable[tuple[str, list[int]]]:
+    """Row pks by database alias."""
+    ids: dict[str, list[int]] = defaultdict(list)
+    for alias, pk in filter(None, refs):
+        ids[alias].append(pk)
+    return ids.items()
+
+
 class Claim:
     """The rows one task's run has claimed: nobody else runs them meanwhile."""
 
@@ -385,11 +393,7 @@ class Claim:
         now = timezone.now()
         until = now + timedelta(seconds=_claim_seconds(receiver))
         self._claimed: set[Ref] = set()
-        wanted: dict[str, list[int]] = defaultdict(list)
-        for ref in refs:
-            if ref is not None:
-                wanted[ref[0]].append(ref[1])
-        for alias, ids in wanted.items():
+        for alias, ids in _by_alias(refs):
             claimed = _claim(alias, ids, self.token, now, until)
             self._claimed.update((alias, pk) for pk in claimed)
 
@@ -399,11 +403,7 @@ class Claim:
 
     def succeeded(self, refs: Iterable[Ref | None]) -> None:
         """The handler returned: the calls are done, their rows go."""
-        by_alias: dict[str, list[int]] = defaultdict(list)
-        for ref in refs:
-            if ref in self._claimed:
-                by_alias[ref[0]].append(ref[1])
-        for alias, ids in by_alias.items():
+        for alias, ids in _by_alias(ref for ref in refs if ref in self._claimed):
             _delete(alias, ids, claim=self.token)
 
     def release(self, refs: Iterable[Ref | None]) -> None:
@@ -411,11 +411,7 @@ class Claim:
         again, as if never claimed, to be sent again."""
         from django_q_signals.models import OutboxCall
 
-        by_alias: dict[str, list[int]] = defaultdict(list)
-        for ref in refs:
-            if ref in self._claimed:
-                by_alias[ref[0]].append(ref[1])
-        for alias, ids in by_alias.items():
+        for alias, ids in _by_alias(ref for ref in refs if ref in self._claimed):
             for chunk in _chunks(ids):
                 OutboxCall.objects.using(alias).filter(
                     pk__in=chunk, claim=self.token
@@ -470,9 +466,8 @@ def pending(
     """The outbox calls still to run for ``instance``'s row, in any state.
 
     ``handler`` narrows them to one handler: the decorated function, or its
-    dotted path.
+    dotted path (see ``of_handler``).
     """
-    from django_q_signals._registry import all_receivers
     from django_q_signals.models import OutboxCall
 
     model = type(instance)
@@ -484,7 +479,16 @@ def pending(
     )
     if handler is None:
         return calls
+    return calls.filter(of_handler(handler))
+
+
+def of_handler(handler: Callable[..., Any] | str) -> Q:
+    """The outbox calls of one handler: the decorated function, or its dotted
+    path, which are every receiver of that function (its key alone, or with
+    a ``#dispatch_uid``), or one receiver's key."""
+    from django_q_signals._registry import all_receivers
+
     if isinstance(handler, str):
-        return calls.filter(receiver=handler)
+        return Q(receiver=handler) | Q(receiver__startswith=f"{handler}#")
     keys = [receiver.key for receiver in all_receivers() if receiver.func == handler]
-    return calls.filter(receiver__in=keys)
+    return Q(receiver__in=keys)

@@ -26,6 +26,7 @@ value that cannot be unpickled fails its own call and no other.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import pickle
@@ -141,7 +142,7 @@ def concrete_label(label: str) -> str:
 class Call:
     """One signal, as a receiver queues it."""
 
-    __slots__ = ("alias", "data", "outbox_id", "receiver")
+    __slots__ = ("alias", "data", "outbox_id", "pickled_instance", "receiver")
 
     def __init__(
         self,
@@ -157,6 +158,10 @@ class Call:
         self.data = data
         #: The pk of its outbox row, if it has one.
         self.outbox_id = outbox_id
+        #: The label and pk of its ``instance`` kwarg where that was pickled
+        #: (a snapshot, or a row being created) and has a pk: its outbox row
+        #: names that row, though the worker gets the instance as it was.
+        self.pickled_instance: tuple[str, Any] | None = None
 
     def __str__(self) -> str:
         rows = ", ".join(
@@ -190,6 +195,12 @@ class Call:
     def instance_row(self) -> tuple[str, Any, str] | None:
         """The row its ``instance`` kwarg refers to, if a saved one."""
         return next((row for name, row in self.rows() if name == "instance"), None)
+
+    def instance_pk(self) -> tuple[str, Any] | None:
+        """The model label and pk of its ``instance`` kwarg, loaded again by
+        the worker or pickled; None without one, or without a pk."""
+        row = self.instance_row()
+        return self.pickled_instance if row is None else (row[0], row[1])
 
     def payload(self) -> tuple[Any, ...]:
         """What a task for this call alone carries."""
@@ -274,12 +285,15 @@ def encode_call(
             kinds[0], sender_value = encoded
     names = []
     values = []
+    pickled_instance = None
     for name, value in kwargs.items():
         encoded = _encode(receiver, name, value, snapshot)
         if encoded is not None:
             names.append(name)
             kinds.append(encoded[0])
             values.append(encoded[1])
+            if encoded[0] == PICKLED and name == "instance":
+                pickled_instance = _label_and_pk(value)
     if alias is None:
         alias = next(
             (v[2] for k, v in zip(kinds[1:], values, strict=True) if k == ROW and v[2]),
@@ -303,7 +317,18 @@ def encode_call(
         sender_value,
         *values,
     )
-    return Call(receiver, alias, data)
+    call = Call(receiver, alias, data)
+    call.pickled_instance = pickled_instance
+    return call
+
+
+def _label_and_pk(value: Any) -> tuple[str, Any] | None:
+    """A model instance's label and pk, if it has a pk."""
+    if isinstance(value, Model):
+        pk = saved_pk(value)
+        if pk is not None:
+            return _label(type(value)), pk
+    return None
 
 
 def _layout_ref(names: tuple[str, ...], kinds: str) -> Any:
@@ -369,11 +394,36 @@ def saved_pk(instance: Model) -> Any:
         return pk  # No row can have it; the worker finds none.
 
 
+#: The longest pk text the outbox's ``object_pk`` column holds as it is: a
+#: varchar that MySQL can index whole, next to the model's label.
+PK_TEXT_AT_MOST = 255
+_DIGEST_MARK = "…sha256:"
+# The start of a longer pk's text that its digest form keeps.
+_KEPT = PK_TEXT_AT_MOST - len(_DIGEST_MARK) - 64
+
+
 def canonical_pk(pk: Any) -> str:
-    """A pk as text, the same for every value of one row's pk."""
+    """A pk as text, the same for every value of one row's pk, and at most
+    PK_TEXT_AT_MOST characters: a longer one (a URL, a long composite pk) is
+    its start and a SHA-256 of the whole, so that it fits the outbox's column
+    and still finds its row's calls."""
+    pk = _normalized(pk)
+    text = json.dumps([str(p) for p in pk]) if isinstance(pk, tuple) else str(pk)
+    if len(text) <= PK_TEXT_AT_MOST:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{text[:_KEPT]}{_DIGEST_MARK}{digest}"
+
+
+def _normalized(pk: Any) -> Any:
+    """A pk (as its field's ``to_python()`` gives it) with one form for
+    values the database holds as one: ``Decimal("1.50")`` is ``1.5``."""
     if isinstance(pk, tuple):
-        return json.dumps([str(part) for part in pk])
-    return str(pk)
+        return tuple(map(_normalized, pk))
+    if isinstance(pk, Decimal):
+        # Without trailing zeros or an exponent: 100, not 1E+2.
+        return Decimal(format(pk.normalize(), "f"))
+    return pk
 
 
 def _to_python(field: Any, pk: Any) -> Any:
@@ -543,18 +593,21 @@ class Rows:
         model = apps.get_model(label)
         # A pk no row can have (a value of the wrong type) finds no row.
         found = [pk for pk in pks if _can_be_stored(model._meta.pk, pk)]
-        queryset = model._base_manager.using(db)
-        if len(found) == 1:
-            queryset = queryset.filter(pk=found[0])  # A cheaper query to build.
-        else:
-            queryset = queryset.filter(pk__in=found)
+        rows = model._base_manager.using(db)
         if related:
             receiver = self._receiver
             if receiver.select_related:
-                queryset = queryset.select_related(*receiver.select_related)
+                rows = rows.select_related(*receiver.select_related)
             if receiver.prefetch_related:
-                queryset = queryset.prefetch_related(*receiver.prefetch_related)
-        return {row.pk: row for row in queryset}
+                rows = rows.prefetch_related(*receiver.prefetch_related)
+        if len(found) == 1:  # A cheaper query to build.
+            loaded = {row.pk: row for row in rows.filter(pk=found[0])}
+        else:
+            loaded = {row.pk: row for row in rows.filter(pk__in=found)}
+        missing = [pk for pk in found if pk not in loaded]
+        if missing and loaded:
+            _match_as_the_database_did(rows, missing, loaded, found)
+        return loaded
 
     def get(self, name: str, row: Row) -> Model | None:
         key = self._key(name, row)
@@ -574,6 +627,43 @@ class Rows:
             # Each call gets its own instance, as it would unbatched.
             return copy.copy(found)
         return found
+
+
+def _match_as_the_database_did(
+    rows: QuerySet[Model],
+    missing: list[Any],
+    loaded: dict[Any, Model],
+    asked: list[Any],
+) -> None:
+    """Add to ``loaded`` the rows the ``missing`` pks found, though no row's
+    pk is equal to them in Python: MySQL's and MariaDB's usual collations
+    ignore case and trailing spaces (and accents), so ``"ABC"`` finds the
+    row ``"abc"``. No query for a deleted row's pk, as a rule."""
+    asked_for = set(asked)
+    others = [row for pk, row in loaded.items() if pk not in asked_for]
+    if len(others) == 1 and len(missing) == 1:
+        # No other pk asked for can have found it.
+        loaded[missing[0]] = others[0]
+        return
+    if not others:
+        # Each row is some pk's own: another pk asked for (a batch with both
+        # "abc" and "ABC") may still find one as the database compares.
+        near = {_loosely(pk) for pk in loaded}
+        missing = [pk for pk in missing if _loosely(pk) in near]
+    for pk in missing:
+        # Looked up alone, the database says which row is its.
+        row = next(iter(rows.filter(pk=pk)), None)
+        if row is not None:
+            loaded[pk] = row
+
+
+def _loosely(pk: Any) -> Any:
+    """A pk as a case- and trailing-space-insensitive collation sees it."""
+    if isinstance(pk, str):
+        return pk.rstrip(" ").casefold()
+    if isinstance(pk, tuple):
+        return tuple(map(_loosely, pk))
+    return pk
 
 
 def rebuild(

@@ -11,7 +11,7 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
@@ -31,6 +31,26 @@ logger = logging.getLogger("django_q_signals")
 
 # Django Q2 stores task names and groups in 100-character columns.
 _NAME_LENGTH = 100
+
+#: The fields of a Receiver that say what it is; every other public field is
+#: an option of ``async_receiver()``.
+IDENTITY_FIELDS = frozenset({"func", "key", "signals", "sender", "dispatch_uid"})
+
+#: Each option, and the ``Q_SIGNALS`` key its value comes from when the
+#: receiver leaves it to the settings (None: the option has a fixed default).
+#: Every option is here: ``Receiver.describe_options()`` refuses one that is not.
+OPTION_SETTINGS: dict[str, str | None] = {
+    "on_commit": "ON_COMMIT",
+    "batch": "BATCH_SIZE",  # the size of batch=True
+    "snapshot": None,
+    "q_options": "Q_OPTIONS",
+    "select_related": None,
+    "prefetch_related": None,
+    "outbox": "OUTBOX",
+    "coalesce": None,
+    "retries": None,
+    "retry_backoff": None,
+}
 
 
 @dataclass(eq=False)
@@ -93,6 +113,32 @@ class Receiver:
     def batch_size(self) -> int:
         """At most this many calls per task, for a batched receiver."""
         return _conf.get().batch_size if self.batch is True else int(self.batch)
+
+    def describe_options(self) -> list[str]:
+        """Its options as ``name=value``, in the order they are declared: each
+        one it sets, or that is on, or that a ``Q_SIGNALS`` key gives it, and
+        where a value it left to the settings comes from. ``q_options`` are
+        left out: ``task_options()`` shows them merged with the settings'."""
+        described = []
+        for option in fields(self):
+            name = option.name
+            if name in IDENTITY_FIELDS or name.startswith("_") or name == "q_options":
+                continue
+            setting = OPTION_SETTINGS[name]
+            value = getattr(self, name)
+            if name == "batch" and value is True:
+                origin = _conf.origin("BATCH_SIZE")
+                described.append(
+                    f"batch=True ({self.batch_size} calls per task, {origin})"
+                )
+            elif value is None and setting is not None:
+                used, origin = _conf.value_of(setting), _conf.origin(setting)
+                if used or origin != "default":
+                    described.append(f"{name}={used!r} ({origin})")
+            elif value != option.default:
+                shown = ",".join(value) if isinstance(value, tuple) else repr(value)
+                described.append(f"{name}={shown}")
+        return described
 
     def task_options(self, config: _conf.Config | None = None) -> dict[str, Any]:
         """The options for Django Q2: the receiver's, over the settings', over

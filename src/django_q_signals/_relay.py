@@ -17,6 +17,7 @@ the worker claims it first.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +25,9 @@ from django.db import DatabaseError, connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from django_q_signals import _conf, _outbox, _queue
+from django_q_signals import _brokers, _conf, _outbox, _send
 from django_q_signals._payload import Call
-from django_q_signals._registry import all_receivers, get_receiver
+from django_q_signals._registry import get_receiver
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -48,11 +49,13 @@ def run(*, now: datetime | None = None, everything: bool = False) -> int:
     from django_q_signals.models import OutboxCall
 
     now = now or timezone.now()
-    due = Q() if everything else _due(now)
     sent = 0
+    emptiness: dict[Any, bool] = {}
     for alias in aliases():
+        rows = OutboxCall.objects.using(alias)
         try:
-            sent += send_again(OutboxCall.objects.using(alias).filter(due), now=now)
+            due = Q() if everything else _due(rows, now, emptiness)
+            sent += send_again(rows.filter(due), now=now)
         except DatabaseError as exc:
             _unreachable(alias, exc)
     if sent:
@@ -119,36 +122,42 @@ def _send_chunk(rows: QuerySet[OutboxCall]) -> tuple[int, int]:
         # Inside the transaction: its rows stay locked until they are on the
         # broker and marked sent (with the ORM broker on this database, in
         # the same commit).
-        _queue.send(calls, resent=True)
+        _send.send(calls, resent=True)
         return len(calls), chunk[-1].pk
 
 
-def _due(now: datetime) -> Q:
+def _due(rows: QuerySet[OutboxCall], now: datetime, emptiness: dict[Any, bool]) -> Q:
+    """Which of ``rows`` are due. ``emptiness``: whether each broker was
+    found empty, kept across the databases of one run."""
     from django_q_signals.models import OutboxCall
 
     State = OutboxCall.State
     waited = now - timedelta(seconds=_conf.get().outbox_relay_after)
+    unstarted = Q(state=State.SENT, sent__lte=waited)
+    keys = rows.filter(unstarted).values_list("receiver", flat=True).distinct()
     return (
         Q(state=State.QUEUED, created__lte=waited)
         | Q(state__in=[State.RUNNING, State.FAILED], due__lte=now)
-        | Q(state=State.SENT, sent__lte=waited, receiver__in=_idle_receivers())
+        | (unstarted & Q(receiver__in=_idle_receivers(keys, emptiness)))
     )
 
 
-def _idle_receivers() -> list[str]:
-    """The receivers whose broker holds no task for their cluster: a call of
-    theirs sent some time ago and not started is not on the way."""
+def _idle_receivers(keys: Iterable[str], emptiness: dict[Any, bool]) -> list[str]:
+    """Of the receivers ``keys`` names, those whose broker holds no task for
+    their cluster: a call of theirs sent some time ago and not started is
+    not on the way. Each is looked up, its module imported if need be: a
+    worker process may not have imported it yet."""
     idle = []
-    emptiness: dict[Any, bool] = {}
-    for receiver in all_receivers():
-        if not receiver.uses_outbox:
-            continue
+    for key in keys:
+        receiver = get_receiver(key)
+        if receiver is None:
+            continue  # Its calls wait; sending them would say so.
         options = receiver.task_options()
-        destination = options.get("broker") or options.get("cluster")
+        destination = _brokers.destination(options)
         if destination not in emptiness:
             emptiness[destination] = _broker_is_empty(destination)
         if emptiness[destination]:
-            idle.append(receiver.key)
+            idle.append(key)
     return idle
 
 
@@ -156,12 +165,10 @@ def _broker_is_empty(destination: Any) -> bool:
     from django_q.conf import Conf
     from django_q.models import OrmQ
 
-    from django_q_signals import _brokers
-
-    if destination is not None and not isinstance(destination, str):
+    if not isinstance(destination, (str, type(None))):  # A broker object.
         return bool(destination.queue_size() == 0)
-    key = destination or Conf.CLUSTER_NAME
-    if Conf.ORM and not (Conf.BROKER_CLASS or Conf.IRON_MQ or Conf.SQS):
+    key = _brokers.queue_key(destination)
+    if _brokers.is_orm(destination):
         # Taken tasks too: the ORM broker gives them out again itself. But
         # not the task running this relay, which the broker holds until it
         # ends.
@@ -195,7 +202,8 @@ def _call(row: Any, alias: str) -> Call | None:
     try:
         key, call_alias, data = _outbox.unpack(bytes(row.payload))
     except ValueError as exc:
-        logger.error("Relay: outbox row %s holds no call: %s", row.pk, exc)
+        # Named as `manage.py qsignals discard` takes it.
+        logger.error("Relay: outbox row %s:%s holds no call: %s", alias, row.pk, exc)
         return None
     receiver = get_receiver(key)
     if receiver is None:

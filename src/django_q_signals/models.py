@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
+from django_q_signals._payload import PK_TEXT_AT_MOST
+
 
 class OutboxCall(models.Model):
     """One call of an ``outbox=True`` receiver, written in the transaction
@@ -29,7 +31,11 @@ class OutboxCall(models.Model):
         max_length=100, blank=True, help_text="The label of the call's instance."
     )
     object_pk = models.CharField(
-        "pk", max_length=255, blank=True, help_text="The pk of the call's instance."
+        "pk",
+        max_length=PK_TEXT_AT_MOST,
+        blank=True,
+        # Longer ones: their start and a digest (canonical_pk).
+        help_text="The pk of the call's instance.",
     )
     payload = models.BinaryField(help_text="The call, as it is queued.")
     attempts = models.PositiveIntegerField(default=0)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.utils.module_loading import import_string
 
-from django_q_signals import _queue
+from django_q_signals import _send
 from django_q_signals._payload import Rows, open_call, rebuild
 
 if TYPE_CHECKING:
@@ -114,11 +114,11 @@ def _diverted(target: Callable[[list[Call]], None]) -> Iterator[None]:
     # An entry of its own (a partial equals only itself), so that leaving
     # removes this helper's entry and no other, however helpers nest.
     entry = functools.partial(target)
-    _queue.diversions.append(entry)
+    _send.diversions.append(entry)
     try:
         yield
     finally:
-        _queue.diversions.remove(entry)
+        _send.diversions.remove(entry)
 
 
 def _as_queued(value: Any) -> Any:
@@ -132,8 +132,8 @@ def _run(calls: list[Call]) -> Any:
     The first error is raised once all have run.
     """
     result = error = None
-    for task in _queue.group_tasks(calls):
-        func, args = _queue.task_call(task)
+    for task in _send.group_tasks(calls):
+        func, args = _send.task_call(task)
         try:
             result = import_string(func)(*_as_queued(args))
         except Exception as exc:

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from asgiref.sync import async_to_sync
 from django.core.exceptions import SynchronousOnlyOperation
 
-from django_q_signals import _queue
+from django_q_signals import _send
 from django_q_signals._outbox import Claim, Ref
 from django_q_signals._payload import (
     Arguments,
@@ -158,9 +158,7 @@ class _Batch:
                 running = True
                 self._run_one(call, rows, limit)
                 running = False
-        except BaseException as cut:
-            if isinstance(cut, Exception):
-                raise
+        except (SystemExit, KeyboardInterrupt) as cut:
             cut_call = self.opened[position] if running else None
             rest = self.opened[position + 1 :] if running else self.opened[position:]
             said = self._cut_short(cut, cut_call, rest)
@@ -203,7 +201,7 @@ class _Batch:
             said.append(f"calls {numbers} did not run and were sent again")
             if self.claim:
                 self.claim.release([call.ref for call in rest])
-            _queue.send([call.as_call(self.receiver, self.alias) for call in rest])
+            _send.send([call.as_call(self.receiver, self.alias) for call in rest])
         logger.error("%s: %s: %s", self.receiver.key, cut, "; ".join(said))
         if not (isinstance(cut, SystemExit) and said):
             return cut

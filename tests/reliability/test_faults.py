@@ -15,7 +15,7 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from django_q_signals import _payload, _queue
+from django_q_signals import _payload, _send
 from tests.conftest import Worker, path
 from tests.models import BatchedChore, Chore, Delivery
 from tests.reliability.conftest import RedisServer
@@ -223,7 +223,7 @@ def forged() -> str:
 
 def altered() -> str:
     """A genuine task's signature on another task's content."""
-    genuine = signed(task(_queue.TASK, b""))
+    genuine = signed(task(_send.TASK, b""))
     content = signed(task(NOT_A_RECEIVER))
     return f"{content.rsplit(':', 1)[0]}:{genuine.rsplit(':', 1)[1]}"
 
@@ -242,17 +242,17 @@ UNSIGNED = "ERROR django-q: Failed to push task to queue"
 TAMPERED = {
     # name: (the signed task on the broker, the ERROR line, the error it names)
     "unknown receiver": (
-        lambda: signed(task(_queue.TASK, unknown_receiver())),
+        lambda: signed(task(_send.TASK, unknown_receiver())),
         REFUSED,
         f"LookupError: No async receiver {NOT_A_RECEIVER!r} in this worker",
     ),
     "bad pickle": (
-        lambda: signed(task(_queue.TASK, b"\x80\x05not a pickle")),
+        lambda: signed(task(_send.TASK, b"\x80\x05not a pickle")),
         REFUSED,
         "ValueError: Not a django-q-signals payload",
     ),
     "wrong format": (
-        lambda: signed(task(_queue.TASK, (99, NOT_A_RECEIVER, None, NO_VALUES))),
+        lambda: signed(task(_send.TASK, (99, NOT_A_RECEIVER, None, NO_VALUES))),
         REFUSED,
         f"ValueError: Payload format 99 is not {_payload.FORMAT}",
     ),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -16,14 +17,14 @@ from django.dispatch import Signal
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from django_q_signals import _relay
+from django_q_signals import _outbox, _relay
 from django_q_signals._payload import read
-from django_q_signals._queue import BATCH_TASK, TASK
 from django_q_signals._registry import Receiver, all_receivers
+from django_q_signals._send import BATCH_TASK, TASK
 from django_q_signals.models import OutboxCall
 
 if TYPE_CHECKING:
-    from django.db.models import Model
+    from django.db.models import Model, QuerySet
 
 # Django Q2 saves a failure as "<error> : <traceback>"; on one line, the
 # traceback's header would only push the error out of view.
@@ -64,9 +65,24 @@ class Command(BaseCommand):
             "discard", help="Delete outbox calls: their handlers will not run."
         )
         for action in (retry, discard):
-            action.add_argument("ids", nargs="*", type=int, help="the calls, by id")
             action.add_argument(
-                "--handler", help="only the calls of this handler (its dotted path)"
+                "ids",
+                nargs="*",
+                type=_call_id,
+                metavar="ID",
+                help="the calls, by id: ALIAS:ID, or ID on the one database "
+                "with the outbox or the one --database names",
+            )
+            action.add_argument(
+                "--handler",
+                help="only the calls of this handler: its dotted path (all its "
+                "receivers), or one receiver's key",
+            )
+            action.add_argument(
+                "--database",
+                metavar="ALIAS",
+                help="only the calls on this database (needed with ids given "
+                "as ID where several databases have the outbox)",
             )
         discard.add_argument(
             "--state",
@@ -96,13 +112,14 @@ class Command(BaseCommand):
         tasks = _SavedTasks(receivers) if stats else None
         with_outbox = stats and any(receiver.uses_outbox for receiver in receivers)
         outbox = _outbox_counts() if with_outbox else {}
+        failed = _failed_calls() if with_outbox else {}
         for receiver in receivers:
             self.stdout.write(receiver.key, self.style.MIGRATE_LABEL)
             signals = [_signal_name(signal, receiver) for signal in receiver.signals]
             label = "signals" if len(signals) > 1 else "signal"
             self._line(label, ", ".join(signals))
             self._line("sender", _sender(receiver.sender))
-            self._line("options", ", ".join(_options(receiver)))
+            self._line("options", ", ".join(receiver.describe_options()))
             options_text = ", ".join(
                 f"{name}={value!r}" for name, value in receiver.task_options().items()
             )
@@ -111,6 +128,8 @@ class Command(BaseCommand):
                 self._stats(receiver, tasks)
             if with_outbox and (receiver.key in outbox or receiver.uses_outbox):
                 self._line("outbox", outbox.get(receiver.key, "empty"))
+            if receiver.key in failed:
+                self._line("failed calls", failed[receiver.key], self.style.ERROR)
             self.stdout.write("")
         if stats:
             self.stdout.write(_save_limit_note())
@@ -145,17 +164,89 @@ def _outbox_action(action: str, options: dict[str, Any]) -> str:
     states = ["failed"] if action == "retry" else [options["state"]]
     if states == ["any"]:
         states = list(OUTBOX_STATES)
-    count = 0
-    for alias in _relay.aliases():
-        rows = OutboxCall.objects.using(alias).filter(state__in=states)
-        if options["ids"]:
-            rows = rows.filter(pk__in=options["ids"])
-        if options["handler"]:
-            rows = rows.filter(receiver=options["handler"])
-        count += _relay.send_again(rows) if action == "retry" else rows.delete()[0]
+    selected = _selected(
+        states, options["ids"], options["handler"], options["database"]
+    )
     if action == "retry":
-        return f"Sent {count} failed outbox call(s) again."
-    return f"Discarded {count} outbox call(s)."
+        sent = sum(_relay.send_again(rows) for rows in selected)
+        return f"Sent {sent} failed outbox call(s) again."
+    discarded = sum(rows.delete()[0] for rows in selected)
+    return f"Discarded {discarded} outbox call(s)."
+
+
+def _call_id(text: str) -> tuple[str | None, int]:
+    """A call's id as given: ``ALIAS:ID``, or ``ID`` alone."""
+    alias, _, number = text.rpartition(":")
+    try:
+        return alias or None, int(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an outbox call's id: give ID or ALIAS:ID, for "
+            "example 41 or default:41."
+        ) from None
+
+
+def _selected(
+    states: list[str],
+    ids: list[tuple[str | None, int]],
+    handler: str | None,
+    database: str | None,
+) -> list[QuerySet[OutboxCall]]:
+    """The calls an action acts on, per database. Each database numbers its
+    calls from 1, so an id names a call on one database only; an id or a
+    handler that names no call is a CommandError, and nothing is done."""
+    aliases = _relay.aliases()
+    if database is not None:
+        if database not in aliases:
+            raise CommandError(
+                f"The database {database!r} has no outbox table "
+                f"({_having_the_table(aliases)})."
+            )
+        aliases = [database]
+    wanted: dict[str, set[int]] = defaultdict(set)
+    for alias, pk in ids:
+        if alias is None:
+            if len(aliases) != 1:
+                raise CommandError(
+                    f"Which database's call {pk}? Each database numbers its "
+                    f"calls from 1 ({_having_the_table(aliases)}): give "
+                    f"--database ALIAS, or write the id as ALIAS:{pk}."
+                )
+            alias = aliases[0]
+        elif database is not None and alias != database:
+            raise CommandError(f"{alias}:{pk} is on {alias!r}, not {database!r}.")
+        elif alias not in aliases:
+            raise CommandError(
+                f"{alias}:{pk}: the database {alias!r} has no outbox table "
+                f"({_having_the_table(aliases)})."
+            )
+        wanted[alias].add(pk)
+    noun = "outbox call" if len(states) > 1 else f"{states[0]} outbox call"
+    of = f" of the handler {handler!r}" if handler else ""
+    selected = []
+    missing = []
+    for alias in wanted if ids else aliases:
+        rows = OutboxCall.objects.using(alias).filter(state__in=states)
+        if handler:
+            rows = rows.filter(_outbox.of_handler(handler))
+        if ids:
+            rows = rows.filter(pk__in=wanted[alias])
+            found = set(rows.values_list("pk", flat=True))
+            missing += [f"{alias}:{pk}" for pk in sorted(wanted[alias] - found)]
+        selected.append(rows)
+    if missing:
+        raise CommandError(
+            f"No {noun}{of} has the {'id' if len(missing) == 1 else 'ids'} "
+            f"{', '.join(missing)}: nothing was done."
+        )
+    if handler and not ids and not any(rows.exists() for rows in selected):
+        raise CommandError(f"No {noun}{of}, on any database: nothing was done.")
+    return selected
+
+
+def _having_the_table(aliases: list[str]) -> str:
+    listed = ", ".join(map(repr, aliases)) or "none"
+    return f"databases with the outbox table: {listed}"
 
 
 def _outbox_counts() -> dict[str, str]:
@@ -178,44 +269,30 @@ def _outbox_counts() -> dict[str, str]:
     }
 
 
-def _on_commit(receiver: Receiver) -> str:
-    if receiver.on_commit is None:
-        return f"on_commit={receiver.waits_for_commit} {_origin('ON_COMMIT')}"
-    return f"on_commit={receiver.on_commit}"
+#: The most failed calls ``--stats`` names per receiver.
+_FAILED_NAMED = 10
 
 
-def _origin(setting: str) -> str:
-    """Where a receiver's value comes from, when it did not set one itself."""
-    configured = getattr(settings, "Q_SIGNALS", {})
-    if isinstance(configured, dict) and setting in configured:
-        return f"(from Q_SIGNALS[{setting!r}])"
-    return "(default)"
+def _failed_calls() -> dict[str, str]:
+    """Per receiver: the ids of its failed outbox calls, as ``retry`` and
+    ``discard`` take them (``ALIAS:ID``), the first few by id."""
+    named: dict[str, list[str]] = defaultdict(list)
+    more: Counter[str] = Counter()
+    for alias in _relay.aliases():
+        rows = OutboxCall.objects.using(alias).filter(state=OutboxCall.State.FAILED)
+        for key, pk in rows.order_by("pk").values_list("receiver", "pk").iterator():
+            if len(named[key]) < _FAILED_NAMED:
+                named[key].append(f"{alias}:{pk}")
+            else:
+                more[key] += 1
+    return {
+        key: ", ".join(ids) + (f" and {more[key]} more" if more[key] else "")
+        for key, ids in named.items()
+    }
 
 
 def _task_name(receiver: Receiver) -> str:
     return str(receiver.task_options()["task_name"])
-
-
-def _options(receiver: Receiver) -> list[str]:
-    options = [_on_commit(receiver)]
-    if receiver.is_batched:
-        options.append(_batch(receiver))
-    if receiver.snapshot:
-        options.append("snapshot=True")
-    for name, lookups in (
-        ("select_related", receiver.select_related),
-        ("prefetch_related", receiver.prefetch_related),
-    ):
-        if lookups:
-            options.append(f"{name}={','.join(lookups)}")
-    return options
-
-
-def _batch(receiver: Receiver) -> str:
-    if receiver.batch is True:
-        origin = _origin("BATCH_SIZE").strip("()")
-        return f"batch=True ({receiver.batch_size} calls per task, {origin})"
-    return f"batch={receiver.batch}"
 
 
 def _sender(sender: Any) -> str:
