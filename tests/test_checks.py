@@ -80,6 +80,7 @@ def test_e005_silent_for_the_default_redis_broker_with_redis_installed() -> None
         assert checks.check_q_cluster() == []
 
 
+@pytest.mark.outbox  # manage.py check runs the app's checks
 def test_e003_bad_q_signals_settings() -> None:
     with override_settings(Q_SIGNALS={"BATCH_SIZE": 0, "ON_COMMIT": "no"}):
         messages = checks.check_settings()
