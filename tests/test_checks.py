@@ -295,6 +295,7 @@ def test_the_relations_of_a_lazy_sender_naming_no_model_are_not_checked() -> Non
     assert receiver.related_model is None
 
 
+@pytest.mark.outbox  # manage.py check runs the app's checks
 @override_settings(Q_SIGNALS={"ON_COMIT": False})
 def test_a_bad_setting_is_reported_once_by_check(
     connect: Connect[Any], caplog: pytest.LogCaptureFixture
