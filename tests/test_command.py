@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import re
 import sys
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from importlib.machinery import EXTENSION_SUFFIXES
 from io import StringIO
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from django.contrib.auth.signals import user_logged_in
 from django.core.management import CommandError, call_command
+from django.core.signals import request_finished, setting_changed
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import Signal
 from django.test import override_settings
@@ -137,55 +142,204 @@ def test_lists_every_signal_of_a_list(connect: Connect[Any]) -> None:
     )
 
 
-def test_names_a_custom_signal_where_the_handler_found_it(
-    connect: Connect[Any],
-) -> None:
+def test_names_a_custom_signal_where_it_is_defined(connect: Connect[Any]) -> None:
+    # Defined in tests.conftest, imported by this module.
     @connect(custom)
     def handler(**kwargs: Any) -> None:
         pass
 
-    assert blocks(qsignals())[path(handler)]["signal"] == "tests.test_command.custom"
+    assert blocks(qsignals())[path(handler)]["signal"] == "tests.conftest.custom"
 
 
-def test_names_a_signal_after_the_signals_module_of_the_handlers_package(
+def test_names_a_signal_reached_through_its_module(connect: Connect[Any]) -> None:
+    from tests.events import accounts
+
+    @connect(accounts.account_created)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["signal"] == (
+        "tests.events.accounts.account_created"
+    )
+
+
+def test_names_a_signal_where_it_is_defined_not_where_it_is_re_exported(
+    connect: Connect[Any],
+) -> None:
+    from tests.events import account_closed
+    from tests.events.web import signals
+
+    # Held by the package, by a deeper module of the project, and by the
+    # module that defines it, under an annotated assignment.
+    assert signals.account_closed is account_closed
+
+    @connect(account_closed)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["signal"] == (
+        "tests.events.accounts.account_closed"
+    )
+
+
+def test_names_a_signal_by_its_defining_name_not_an_alias(
+    connect: Connect[Any],
+) -> None:
+    from tests.events.web import signals
+
+    @connect(signals.opened)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["signal"] == (
+        "tests.events.accounts.account_created"
+    )
+
+
+@pytest.mark.parametrize(
+    "file",
+    [
+        None,  # built at run time
+        f"/site-packages/tests/sourceless{EXTENSION_SUFFIXES[0]}",
+        "/site-packages/tests/sourceless.pyc",
+    ],
+)
+def test_names_a_signal_after_a_module_with_no_source_over_one_that_imports_it(
+    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch, file: str | None
+) -> None:
+    from tests.events.web import signals
+
+    built = Signal()
+    # With no source to read, the module may be the one defining it.
+    sourceless = ModuleType("tests.sourceless")
+    if file:
+        sourceless.__file__ = file
+    sourceless.built = built  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tests.sourceless", sourceless)
+    # Its source shows that this module did not.
+    monkeypatch.setattr(signals, "built", built, raising=False)
+
+    @connect(built)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["signal"] == "tests.sourceless.built"
+
+
+def test_names_a_signal_no_module_defines_after_the_deepest_module_holding_it(
     connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    signals = ModuleType("tests.signals")
-    signals.custom = custom  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "tests.signals", signals)
+    import tests
+    from tests.events.web import signals
 
-    @connect(custom)
+    late = Signal()
+    monkeypatch.setattr(tests, "late", late, raising=False)
+    monkeypatch.setattr(signals, "late", late, raising=False)
+
+    @connect(late)
     def handler(**kwargs: Any) -> None:
         pass
 
-    assert blocks(qsignals())[path(handler)]["signal"] == "tests.signals.custom"
+    assert blocks(qsignals())[path(handler)]["signal"] == (
+        "tests.events.web.signals.late"
+    )
 
 
+@pytest.mark.parametrize(
+    ("signal", "name"),
+    [
+        (post_save, "django.db.models.signals.post_save"),
+        (request_finished, "django.core.signals.request_finished"),
+        (setting_changed, "django.core.signals.setting_changed"),
+        (user_logged_in, "django.contrib.auth.signals.user_logged_in"),
+    ],
+)
 def test_names_a_django_signal_where_django_defines_it(
-    connect: Connect[Any],
+    connect: Connect[Any], signal: Signal, name: str
 ) -> None:
     from django_q import signals
 
     # Imported elsewhere too, under the same name.
     assert signals.post_save is post_save
 
-    @connect(post_save, sender=Article)
+    @connect(signal)
     def handler(**kwargs: Any) -> None:
         pass
 
-    assert blocks(qsignals())[path(handler)]["signal"] == (
-        "django.db.models.signals.post_save"
-    )
+    assert blocks(qsignals())[path(handler)]["signal"] == name
 
 
-def test_names_a_signal_no_module_holds_by_its_repr(connect: Connect[Any]) -> None:
+def test_names_a_signal_whose_module_changed_since_it_was_imported(
+    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.events.web import signals
+
+    changed = tmp_path / "changed.py"
+    changed.write_text("from django.dispatch import Signal\n\nsaved = Signal()\n")
+    spec = importlib.util.spec_from_file_location("changed", changed)
+    assert spec
+    assert spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "changed", module)
+    monkeypatch.setattr(signals, "saved", module.saved, raising=False)
+    changed.write_text("saved = (\n")
+
+    @connect(module.saved)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    # Its source no longer shows what it defines: it may be the module.
+    assert blocks(qsignals())[path(handler)]["signal"] == "changed.saved"
+
+
+def test_leaves_a_lazily_imported_module_unloaded(
+    connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = importlib.util.find_spec("tests.events.unloaded")
+    assert spec
+    assert spec.loader
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "tests.events.unloaded", module)
+    spec.loader.exec_module(module)
+
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    assert blocks(qsignals())[path(handler)]["signal"] == "tests.conftest.custom"
+    assert "loaded" not in object.__getattribute__(module, "__dict__")
+
+
+def test_names_a_signal_no_module_holds_as_unnamed(connect: Connect[Any]) -> None:
     unnamed = Signal()
 
     @connect(unnamed)
     def handler(**kwargs: Any) -> None:
         pass
 
-    assert blocks(qsignals())[path(handler)]["signal"] == repr(unnamed)
+    assert blocks(qsignals())[path(handler)]["signal"] == (
+        f"an unnamed signal ({unnamed!r})"
+    )
+
+
+def test_names_each_signal_of_several_receivers(connect: Connect[Any]) -> None:
+    from tests.events import accounts
+
+    @connect([accounts.account_created, post_save])
+    def first(**kwargs: Any) -> None:
+        pass
+
+    @connect(accounts.account_created)
+    def second(**kwargs: Any) -> None:
+        pass
+
+    shown = blocks(qsignals())
+    assert shown[path(first)]["signals"] == (
+        "tests.events.accounts.account_created, django.db.models.signals.post_save"
+    )
+    assert shown[path(second)]["signal"] == "tests.events.accounts.account_created"
 
 
 def test_shows_the_options_that_are_set(connect: Connect[Any]) -> None:

@@ -562,6 +562,30 @@ def test_the_relay_goes_on_when_a_database_fails_in_the_middle(
     assert "'other' could not be read (OperationalError: server closed" in error
 
 
+def test_the_relay_asks_each_broker_once_and_skips_unknown_receivers(
+    titles: list[str], connect: Connect[Any]
+) -> None:
+    also: list[str] = []
+
+    @connect(post_save, sender=Article, outbox=True)
+    def audit(instance: Article, **kwargs: Any) -> None:
+        also.append(instance.title)
+
+    Article.objects.create(title="a")
+    Article.objects.create(title="b")
+    purge()  # a worker took the tasks and died
+    renamed = OutboxCall.objects.order_by("pk").last()
+    assert renamed is not None
+    OutboxCall.objects.filter(pk=renamed.pk).update(receiver="tests.gone.audit")
+    later = timezone.now() + timedelta(seconds=31)
+    assert _relay.run(now=later) == 3
+    run_queued()
+    assert (sorted(titles), also) == (["a", "b"], ["a"])
+    assert list(OutboxCall.objects.values_list("receiver", flat=True)) == [
+        "tests.gone.audit"
+    ]
+
+
 def test_the_relay_sends_each_due_call_once(titles: list[str]) -> None:
     with transaction.atomic():
         for n in range(3):

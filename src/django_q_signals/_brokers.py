@@ -39,7 +39,11 @@ REDIS_TIMEOUT = 1.0
 
 
 class BrokerUnavailable(ConnectionError):
-    """A write was not tried: the broker failed a moment ago."""
+    """A write was not tried: the broker failed a moment ago.
+
+    Raised from ``save()`` for ``on_commit=False`` receivers while a broker
+    that did not answer is left alone (10 seconds); a ``ConnectionError``.
+    """
 
 
 def destination(options: dict[str, Any]) -> Any:

@@ -466,7 +466,8 @@ def pending(
     """The outbox calls still to run for ``instance``'s row, in any state.
 
     ``handler`` narrows them to one handler: the decorated function, or its
-    dotted path (see ``of_handler``).
+    dotted path (every receiver of that function), or one receiver's key
+    (``"module.func#dispatch_uid"``). Returns a QuerySet of ``OutboxCall``.
     """
     from django_q_signals.models import OutboxCall
 

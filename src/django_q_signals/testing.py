@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from django.utils.module_loading import import_string
 
 from django_q_signals import _send
-from django_q_signals._payload import Rows, open_call, rebuild
+from django_q_signals._payload import open_call
+from django_q_signals._rows import Rows, rebuild
 
 if TYPE_CHECKING:
     from django.dispatch import Signal

@@ -19,14 +19,13 @@ from django_q_signals._outbox import Claim, Ref
 from django_q_signals._payload import (
     Arguments,
     Call,
-    Rows,
     Task,
     describe_rows,
     open_call,
     read,
-    rebuild,
 )
 from django_q_signals._registry import Receiver, get_receiver
+from django_q_signals._rows import Rows, rebuild
 from django_q_signals._time_limit import TimeLimit
 
 logger = logging.getLogger("django_q_signals")
@@ -245,7 +244,11 @@ def _log_not_claimed(receiver: Receiver, refs: Sequence[Ref | None]) -> None:
 
 
 class BatchError(Exception):
-    """Some calls of a batch failed; the others ran."""
+    """Some calls of a batch failed; the others ran.
+
+    A batch task fails with it, its message listing the failed calls; the
+    testing helpers raise it when a batched handler raised.
+    """
 
 
 def _find(payload: Any) -> tuple[Receiver, Task]:

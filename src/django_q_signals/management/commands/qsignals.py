@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
+import itertools
 import sys
+import tokenize
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
 from django.apps import apps
@@ -113,9 +118,12 @@ class Command(BaseCommand):
         with_outbox = stats and any(receiver.uses_outbox for receiver in receivers)
         outbox = _outbox_counts() if with_outbox else {}
         failed = _failed_calls() if with_outbox else {}
+        signal_names = _signal_names(
+            signal for receiver in receivers for signal in receiver.signals
+        )
         for receiver in receivers:
             self.stdout.write(receiver.key, self.style.MIGRATE_LABEL)
-            signals = [_signal_name(signal, receiver) for signal in receiver.signals]
+            signals = [signal_names[signal] for signal in receiver.signals]
             label = "signals" if len(signals) > 1 else "signal"
             self._line(label, ", ".join(signals))
             self._line("sender", _sender(receiver.sender))
@@ -305,39 +313,92 @@ def _sender(sender: Any) -> str:
     return repr(sender)
 
 
-#: The modules that define Django's own signals.
-_DJANGO_SIGNAL_MODULES = (
-    "django.db.models.signals",
-    "django.core.signals",
-    "django.db.backends.signals",
-    "django.test.signals",
-    "django.contrib.auth.signals",
-)
+def _signal_names(signals: Iterable[Signal]) -> dict[Signal, str]:
+    """A dotted name for each signal: the module that defines it, and the
+    name it has there.
+
+    A Signal does not know where it was created, so the command looks for it,
+    once per run, among the module-level attributes of the modules already
+    imported. Several modules may hold the same signal (a package's
+    ``__init__`` re-exporting it, every module that imported it). The module
+    whose own source assigns it the result of a call (``name = Signal()``,
+    ``name: Signal = ModelSignal(...)``, a factory) defines it; importing it
+    (``from x import name``) or aliasing it (``alias = x.name``) does not. A
+    module whose source cannot be read (compiled only, built at run time) may
+    be the one, so it comes next; last, any module holding it. Among equals,
+    the deepest module wins (a package usually re-exports from its
+    submodules), then the names in alphabetical order.
+    """
+    wanted = {id(signal): signal for signal in signals}
+    holders: dict[Signal, list[tuple[str, str]]] = defaultdict(list)
+    modules = {
+        name: module
+        for name, module in list(sys.modules.items())
+        if isinstance(module, ModuleType)
+    }
+    for module_name, module in modules.items():
+        # Not vars(module): reading __dict__ through the module would load a
+        # module that importlib.util.LazyLoader has not loaded yet.
+        namespace: dict[str, Any] = object.__getattribute__(module, "__dict__")
+        for attribute, value in list(namespace.items()):
+            if id(value) in wanted:
+                holders[wanted[id(value)]].append((module_name, attribute))
+    assigned = {
+        module_name: _assigned_from_a_call(modules[module_name])
+        for module_name, _ in itertools.chain.from_iterable(holders.values())
+    }
+    names = {}
+    for signal in wanted.values():
+        held = holders[signal]
+        created = [
+            (module_name, attribute)
+            for module_name, attribute in held
+            if attribute in (assigned[module_name] or ())
+        ]
+        unread = [pair for pair in held if assigned[pair[0]] is None]
+        candidates = created or unread or held
+        if candidates:
+            module_name, attribute = min(
+                candidates, key=lambda pair: (-pair[0].count("."), pair)
+            )
+            names[signal] = f"{module_name}.{attribute}"
+        else:
+            names[signal] = f"an unnamed signal ({signal!r})"
+    return names
 
 
-def _signal_name(signal: Signal, receiver: Receiver) -> str:
-    """A dotted name for ``signal``: where Django defines it, or else where
-    the handler's module found it (a ``signals`` module of its package if one
-    holds it under the same name)."""
-    for module_name in _DJANGO_SIGNAL_MODULES:
-        name = _name_in(module_name, signal)
-        if name:
-            return f"{module_name}.{name}"
-    attribute = _name_in(receiver.module, signal)
-    if attribute is None:
-        return repr(signal)
-    parts = receiver.module.split(".")
-    for length in range(len(parts), 0, -1):
-        candidate = ".".join([*parts[:length], "signals"])
-        if getattr(sys.modules.get(candidate), attribute, None) is signal:
-            return f"{candidate}.{attribute}"
-    return f"{receiver.module}.{attribute}"
+def _assigned_from_a_call(module: ModuleType) -> set[str] | None:
+    """The names the module's own top-level code assigns a call's result;
+    None if its source cannot be read."""
+    try:
+        # TypeError: no file (built in, or built at run time).
+        file = inspect.getsourcefile(module)
+        if file is None:  # Compiled only: bytecode, an extension module.
+            return None
+        with tokenize.open(file) as source:
+            tree = ast.parse(source.read())
+    except (OSError, SyntaxError, TypeError, ValueError):
+        # Or a file removed or changed since the module was imported.
+        return None
+    names: set[str] = set()
+    for node in _module_level(tree):
+        if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(
+            node.value, ast.Call
+        ):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(
+                target.id for target in targets if isinstance(target, ast.Name)
+            )
+    return names
 
 
-def _name_in(module_name: str, value: object) -> str | None:
-    """The name ``value`` has in the module, if the module is imported."""
-    namespace = getattr(sys.modules.get(module_name), "__dict__", {})
-    return next((name for name, held in namespace.items() if held is value), None)
+def _module_level(node: ast.AST) -> Iterator[ast.AST]:
+    """The nodes of module-level code, ``if`` and ``try`` blocks included,
+    function and class bodies left out."""
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            yield child
+            yield from _module_level(child)
 
 
 class _SavedTasks:

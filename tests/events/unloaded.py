@@ -1,0 +1,3 @@
+"""A module a test imports lazily (importlib.util.LazyLoader)."""
+
+loaded = True
