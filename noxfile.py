@@ -2,6 +2,10 @@
 
 import os
 import shutil
+import tarfile
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import nox
 
@@ -139,6 +143,62 @@ def tests(session: nox.Session) -> None:
         session.run("coverage", "report")
     else:
         session.run("coverage", "report", "--fail-under=0")
+
+
+# 0.3.0's test suite, from its published source distribution, and how many
+# tests it has: all of them must pass against this checkout.
+COMPAT_RELEASE = "django-q-signals==0.3.0"
+COMPAT_TESTS = 9
+# Its test settings plus this line: its tests never commit.
+COMPAT_SETTINGS = """\
+from tests.settings import *  # noqa: F403
+
+Q_SIGNALS = {"ON_COMMIT": False}
+"""
+
+
+@nox.session
+def compat(session: nox.Session) -> None:
+    """0.3.0's own tests, unchanged, against this checkout: every one must pass."""
+    session.install("-e", ".", "pytest", "pytest-django")
+    with tempfile.TemporaryDirectory(prefix="qsignals-compat-") as tmp:
+        root = Path(tmp)
+        session.run(
+            *("python", "-m", "pip", "download", "--quiet", "--no-deps"),
+            *("--no-binary", ":all:", "--dest", tmp, COMPAT_RELEASE),
+        )
+        [sdist] = root.glob("*.tar.gz")
+        with tarfile.open(sdist) as archive:
+            # Its tests only: its package must not shadow this checkout's.
+            tests = [
+                member
+                for member in archive.getmembers()
+                if member.name.split("/")[1:2] == ["tests"]
+            ]
+            archive.extractall(root, members=tests, filter="data")
+        [unpacked] = (path for path in root.iterdir() if path.is_dir())
+        (unpacked / "compat_settings.py").write_text(COMPAT_SETTINGS)
+        # An empty pytest.ini: none of 0.3.0's options (xdist, its src/ on
+        # the path), nor this project's.
+        (unpacked / "pytest.ini").write_text("[pytest]\n")
+        report = root / "report.xml"
+        with session.chdir(unpacked):
+            session.run(
+                *("python", "-m", "pytest", "tests", "-p", "no:cacheprovider"),
+                *("--ds", "compat_settings", "--junitxml", str(report)),
+                *session.posargs,
+            )
+        suite = ET.parse(report).getroot().find("testsuite")
+        assert suite is not None
+        counts = {
+            name: int(suite.get(name, 0))
+            for name in ("tests", "failures", "errors", "skipped")
+        }
+        passed = counts["tests"] - counts["failures"] - counts["errors"]
+        passed -= counts["skipped"]
+        if passed != COMPAT_TESTS and not session.posargs:
+            session.error(f"{passed} of 0.3.0's {COMPAT_TESTS} tests passed: {counts}")
+        session.log(f"{passed} of 0.3.0's {COMPAT_TESTS} tests passed")
 
 
 # Its own databases and Redis database, so that it can run while the tests do.

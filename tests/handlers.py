@@ -78,3 +78,21 @@ def probe_succeeds(**kwargs: Any) -> None:
 @async_receiver(stats_probe)
 def probe_fails(**kwargs: Any) -> None:
     raise RuntimeError("the probe failed, as it should")
+
+
+# The test of tasks queued by 0.x: nothing sends this signal; the test puts
+# 0.x's tasks for record_legacy (its record_legacy_task) on the broker.
+
+legacy = Signal()
+
+
+@async_receiver(legacy, sender=Note)
+def record_legacy(sender: type[Note], instance: Note | None, **kwargs: Any) -> None:
+    """A handler written for 0.x, as it was."""
+    Seen.objects.create(
+        handler="record_legacy",
+        note_pk=instance.pk if instance else kwargs["_instance_pk"],
+        title=f"{sender.__name__} {instance.title if instance else None} "
+        f"{type(kwargs['update_fields']).__name__}",
+        created=kwargs["created"],
+    )

@@ -19,6 +19,7 @@ from django.utils.inspect import func_accepts_kwargs
 
 from django_q_signals import (
     _commit,
+    _compat,
     _conf,
     _outbox,
     _payload,
@@ -126,6 +127,7 @@ def async_receiver(
         if fields:
             # Its hooks run before the receiver: connected first.
             _previous.watch(receiver)
+        _compat.write_task_function(receiver)
         receive = _receive_for(receiver)
         for each in signals:
             each.connect(receive, sender=sender, weak=False, dispatch_uid=uid)

@@ -16,6 +16,7 @@ class DjangoQSignalsConfig(AppConfig):
         checks.register(signal_checks.check_receivers_importable)
         checks.register(signal_checks.check_relation_lookups)
         checks.register(signal_checks.check_previous_fields)
+        checks.register(signal_checks.check_task_functions)
         if apps.is_installed("django_q"):
             from django_q.signals import pre_execute
 

@@ -12,7 +12,7 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db.models.constants import LOOKUP_SEP
 from django.db.models.fields.reverse_related import ForeignObjectRel
 
-from django_q_signals import _conf, _previous
+from django_q_signals import _compat, _conf, _previous
 from django_q_signals._registry import all_receivers
 
 if TYPE_CHECKING:
@@ -295,6 +295,27 @@ def check_receivers_importable(**kwargs: Any) -> list[CheckMessage]:
                 "AppConfig.ready()).",
                 obj=receiver.func,
                 id="django_q_signals.W001",
+            )
+        )
+    return warnings
+
+
+def check_task_functions(**kwargs: Any) -> list[CheckMessage]:
+    warnings: list[CheckMessage] = []
+    for receiver in all_receivers():
+        if not (receiver.is_connected() and _compat.user_attribute(receiver)):
+            continue
+        name = f"{receiver.module}.{_compat.task_function_name(receiver)}"
+        warnings.append(
+            Warning(
+                f"{name} is defined in its module, so the 0.x task function of "
+                f"the async receiver {receiver.key} was not written there: a "
+                "task queued by django-q-signals 0.x for that handler would "
+                f"call the module's own {name} instead.",
+                hint=f"Rename your {name} so that such tasks reach the handler, "
+                "or silence this check once no task queued by 0.x is left.",
+                obj=receiver.func,
+                id="django_q_signals.W003",
             )
         )
     return warnings

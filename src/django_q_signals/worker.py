@@ -268,6 +268,12 @@ def _find(payload: Any) -> tuple[Receiver, Task]:
     return receiver, task
 
 
+def run_arguments(receiver: Receiver, arguments: Arguments) -> Any:
+    """Call a receiver's handler with arguments read from elsewhere than a
+    task of this version: 0.x's task functions (``_compat``)."""
+    return _call(receiver, arguments, Rows(receiver, [arguments]))
+
+
 def _call(receiver: Receiver, arguments: Arguments, rows: Rows) -> Any:
     sender, kwargs = rebuild(receiver, arguments, rows)
     logger.debug("Running %s", receiver.key)
