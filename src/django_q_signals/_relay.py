@@ -118,7 +118,9 @@ def _send_chunk(rows: QuerySet[OutboxCall]) -> tuple[int, int]:
         chunk = list(rows[:CHUNK])
         if not chunk:
             return 0, 0
-        calls = [call for row in chunk if (call := _call(row, alias)) is not None]
+        calls = [
+            call for row in chunk if (call := _stored_call(row, alias)) is not None
+        ]
         # Inside the transaction: its rows stay locked until they are on the
         # broker and marked sent (with the ORM broker on this database, in
         # the same commit).
@@ -197,7 +199,7 @@ def note_running_task(task: dict[str, Any], **kwargs: Any) -> None:
 _unknown_told: set[str] = set()
 
 
-def _call(row: Any, alias: str) -> Call | None:
+def _stored_call(row: Any, alias: str) -> Call | None:
     """The call an outbox row keeps, if this process knows its receiver."""
     try:
         key, call_alias, data = _outbox.unpack(bytes(row.payload))

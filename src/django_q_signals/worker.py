@@ -49,7 +49,7 @@ def run_call(payload: Any, outbox: Ref | None = None) -> Any:
             except ValueError as exc:
                 raise ValueError(f"A call to {receiver.key} failed: {exc}") from exc
             with limit.handler():
-                result = _call(receiver, arguments, Rows(receiver, [arguments]))
+                result = _run_handler(receiver, arguments, Rows(receiver, [arguments]))
         except BaseException as exc:
             if claim and _is_failure(exc):
                 claim.failed(outbox, exc)
@@ -168,7 +168,7 @@ class _Batch:
     def _run_one(self, call: _Opened, rows: Rows, limit: TimeLimit) -> None:
         try:
             with limit.handler():
-                _call(self.receiver, call.arguments, rows)
+                _run_handler(self.receiver, call.arguments, rows)
         except Exception as exc:
             logger.exception(
                 "%s: call %d of %d failed", self.receiver.key, call.number, self.total
@@ -271,10 +271,10 @@ def _find(payload: Any) -> tuple[Receiver, Task]:
 def run_arguments(receiver: Receiver, arguments: Arguments) -> Any:
     """Call a receiver's handler with arguments read from elsewhere than a
     task of this version: 0.x's task functions (``_compat``)."""
-    return _call(receiver, arguments, Rows(receiver, [arguments]))
+    return _run_handler(receiver, arguments, Rows(receiver, [arguments]))
 
 
-def _call(receiver: Receiver, arguments: Arguments, rows: Rows) -> Any:
+def _run_handler(receiver: Receiver, arguments: Arguments, rows: Rows) -> Any:
     sender, kwargs = rebuild(receiver, arguments, rows)
     logger.debug("Running %s", receiver.key)
     signal = receiver.signals[arguments.signal_index]
