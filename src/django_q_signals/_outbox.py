@@ -277,10 +277,10 @@ def unpack(payload: bytes) -> tuple[str, str, tuple[Any, ...]]:
             "SECRET_KEY_FALLBACKS)"
         )
     try:
-        task = read(pickle.loads(payload[_MAC_SIZE:]))
+        stored = read(pickle.loads(payload[_MAC_SIZE:]))
     except Exception as exc:
         raise ValueError(f"not a call of this version: {exc}") from exc
-    return task.key, task.alias, task.body
+    return stored.key, stored.alias, stored.body
 
 
 #: An outbox row's payload starts with an HMAC-SHA256 of the pickled call,

@@ -476,8 +476,9 @@ class ModelClass(NamedTuple):
     label: str
 
 
-class Task(NamedTuple):
-    """A task's argument as a worker reads it, before its calls are opened."""
+class Payload(NamedTuple):
+    """A task's argument (or an outbox row's call) as read, before its calls
+    are opened."""
 
     key: str
     alias: str
@@ -492,7 +493,7 @@ class Arguments(NamedTuple):
     kwargs: dict[str, Any]
 
 
-def read(payload: Any) -> Task:
+def read(payload: Any) -> Payload:
     """The receiver and database a task is for; raises ValueError if it is
     not a task of this version."""
     if not (isinstance(payload, tuple) and payload and isinstance(payload[0], int)):
@@ -508,7 +509,7 @@ def read(payload: Any) -> Task:
         raise ValueError(f"Not a django-q-signals payload: {exc}") from exc
     if not (isinstance(key, str) and isinstance(alias, (str, type(None)))):
         raise ValueError(f"Not a django-q-signals payload: {_short(payload)}")
-    return Task(key, alias or DEFAULT_DB_ALIAS, body)
+    return Payload(key, alias or DEFAULT_DB_ALIAS, body)
 
 
 def _short(value: Any) -> str:

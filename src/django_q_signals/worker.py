@@ -19,7 +19,7 @@ from django_q_signals._outbox import Claim, Ref
 from django_q_signals._payload import (
     Arguments,
     Call,
-    Task,
+    Payload,
     describe_rows,
     open_call,
     read,
@@ -37,7 +37,7 @@ def run_call(payload: Any, outbox: Ref | None = None) -> Any:
     ``outbox``: where the call's outbox row is. The row is claimed first, and
     nothing runs if another run has it or it is gone.
     """
-    receiver, task = _find(payload)
+    receiver, read_payload = _find(payload)
     with TimeLimit() as limit:
         claim = Claim(receiver, [outbox]) if outbox else None
         if claim and not claim.holds(outbox):
@@ -45,7 +45,7 @@ def run_call(payload: Any, outbox: Ref | None = None) -> Any:
             return None
         try:
             try:
-                arguments = open_call(task.body, receiver, task.alias)
+                arguments = open_call(read_payload.body, receiver, read_payload.alias)
             except ValueError as exc:
                 raise ValueError(f"A call to {receiver.key} failed: {exc}") from exc
             with limit.handler():
@@ -72,10 +72,10 @@ def run_batch(payload: Any, outbox: Sequence[Ref | None] | None = None) -> int:
     are sent again as a task of their own, and the calls that returned are
     never run again.
     """
-    receiver, task = _find(payload)
-    calls = list(task.body)
+    receiver, read_payload = _find(payload)
+    calls = list(read_payload.body)
     with TimeLimit() as limit:
-        batch = _Batch(receiver, task.alias, calls, outbox)
+        batch = _Batch(receiver, read_payload.alias, calls, outbox)
         try:
             batch.run(limit)
         finally:
@@ -251,21 +251,21 @@ class BatchError(Exception):
     """
 
 
-def _find(payload: Any) -> tuple[Receiver, Task]:
-    """The receiver a task is for, and the task as read."""
+def _find(payload: Any) -> tuple[Receiver, Payload]:
+    """The receiver a task is for, and its payload as read."""
     try:
-        task = read(payload)
-        receiver = get_receiver(task.key)
+        read_payload = read(payload)
+        receiver = get_receiver(read_payload.key)
         if receiver is None:
             raise LookupError(
-                f"No async receiver {task.key!r} in this worker. Is the module "
+                f"No async receiver {read_payload.key!r} in this worker. Is the module "
                 "that defines it imported when Django starts (for example from "
                 "an AppConfig.ready())?"
             )
     except (LookupError, ValueError):
         logger.exception("Refused a queued signal")
         raise
-    return receiver, task
+    return receiver, read_payload
 
 
 def run_arguments(receiver: Receiver, arguments: Arguments) -> Any:
