@@ -17,11 +17,16 @@ from django_q_signals import _registry, checks
 from tests.conftest import Connect, custom, path
 from tests.models import Article, Author, Bookmark, Loan
 
+# Django 6.1's JSONField check, which manage.py check runs, asks each
+# database what it supports.
+needs_the_databases = pytest.mark.django_db(databases=["default", "other"])
+
 
 def ids(messages: list[Any]) -> list[str]:
     return [message.id for message in messages]
 
 
+@needs_the_databases
 def test_manage_py_check_passes_on_a_working_project() -> None:
     out = StringIO()
     call_command("check", stdout=out, stderr=out)
@@ -80,6 +85,7 @@ def test_e005_silent_for_the_default_redis_broker_with_redis_installed() -> None
         assert checks.check_q_cluster() == []
 
 
+@needs_the_databases
 @pytest.mark.outbox  # manage.py check runs the app's checks
 def test_e003_bad_q_signals_settings() -> None:
     with override_settings(Q_SIGNALS={"BATCH_SIZE": 0, "ON_COMMIT": "no"}):
@@ -151,6 +157,7 @@ def test_w002_silent_when_retry_is_above_every_timeout(connect: Connect[Any]) ->
         assert checks.check_retry_above_timeout() == []
 
 
+@needs_the_databases
 @pytest.mark.outbox  # manage.py check runs the app's checks
 def test_w001_handler_defined_in_a_function(connect: Connect[Any]) -> None:
     @connect(custom)
@@ -295,6 +302,7 @@ def test_the_relations_of_a_lazy_sender_naming_no_model_are_not_checked() -> Non
     assert receiver.related_model is None
 
 
+@needs_the_databases
 @pytest.mark.outbox  # manage.py check runs the app's checks
 @override_settings(Q_SIGNALS={"ON_COMIT": False})
 def test_a_bad_setting_is_reported_once_by_check(

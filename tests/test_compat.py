@@ -22,6 +22,10 @@ from tests.models import Hideable, Note, Seen
 
 this_module = sys.modules[__name__]
 
+# Django 6.1's JSONField check, which manage.py check runs, asks each
+# database what it supports.
+needs_the_databases = pytest.mark.django_db(databases=["default", "other"])
+
 
 def task_function(handler: Any) -> Any:
     return getattr(sys.modules[handler.__module__], f"{handler.__name__}_task")
@@ -228,6 +232,7 @@ def test_a_module_attribute_of_that_name_is_never_overwritten(
     )
 
 
+@needs_the_databases
 @pytest.mark.outbox  # manage.py check runs the app's checks
 def test_manage_py_check_reports_w003(
     connect: Connect[Any], monkeypatch: pytest.MonkeyPatch
