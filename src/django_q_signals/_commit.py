@@ -55,7 +55,7 @@ def queue_call(call: Call) -> None:
         # Manual transaction management has no commit callbacks: Django's
         # on_commit refuses it too.
         raise TransactionManagementError(
-            f"{receiver.key} queues its calls when the transaction commits, "
+            f"{receiver.name} queues its calls when the transaction commits, "
             f"but the database {call.alias!r} is in manual transaction management "
             "(set_autocommit(False)), which has no commit callbacks. Give the "
             "receiver on_commit=False to queue at once, or outbox=True to keep "

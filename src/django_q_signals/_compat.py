@@ -78,7 +78,7 @@ def _task_function(receiver: Receiver, name: str) -> Callable[..., Any]:
     # Found by pydoc.locate and pickled by reference as <module>.<name>.
     task.__name__ = task.__qualname__ = name
     task.__module__ = receiver.module
-    task.__doc__ = f"Run {receiver.key} for a task queued by django-q-signals 0.x."
+    task.__doc__ = f"Run {receiver.name} for a task queued by django-q-signals 0.x."
     setattr(task, _RECEIVER, receiver)
     return task
 

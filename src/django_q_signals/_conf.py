@@ -112,9 +112,10 @@ def get() -> Config:
     return _config
 
 
-def value_of(setting: str) -> Any:
-    """The value of a ``Q_SIGNALS`` key, as used: given, or the default."""
-    return getattr(get(), _SETTING_NAMES[setting])
+def value_of(setting: str, config: Config | None = None) -> Any:
+    """The value of a ``Q_SIGNALS`` key, as used: given, or the default (in
+    ``config``, or else the settings')."""
+    return getattr(config or get(), _SETTING_NAMES[setting])
 
 
 def origin(setting: str) -> str:

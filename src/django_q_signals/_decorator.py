@@ -101,7 +101,7 @@ def async_receiver(
         uid = id(func) if dispatch_uid is None else dispatch_uid
         receiver = _registry.Receiver(
             func,
-            _registry.claim_key(func, dispatch_uid),
+            _registry.claim_name(func, dispatch_uid),
             signals,
             sender,
             dispatch_uid=uid,
@@ -163,7 +163,7 @@ def _receive_for(receiver: _registry.Receiver) -> Callable[..., None]:
 
     # What Django's checks call it, for example when a lazy sender names no
     # model ("The function 'shop.signals.reindex' was connected ...").
-    receive.__name__ = receive.__qualname__ = receiver.key
+    receive.__name__ = receive.__qualname__ = receiver.name
     return receive
 
 

@@ -15,7 +15,7 @@ import pickle
 import traceback
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
@@ -23,7 +23,6 @@ from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, router
-from django.db.models import F, Q
 from django.utils import timezone
 
 from django_q_signals._payload import (
@@ -35,10 +34,10 @@ from django_q_signals._payload import (
 )
 
 if TYPE_CHECKING:
-    from django.db.models import Field, Model, QuerySet
+    from django.db.models import Field, Model
 
     from django_q_signals._registry import Receiver
-    from django_q_signals.models import OutboxCall
+    from django_q_signals.models import OutboxCallQuerySet
 
 logger = logging.getLogger("django_q_signals")
 
@@ -54,12 +53,12 @@ def require_app(receiver: Receiver) -> None:
     """Refuse an outbox receiver's call where the outbox cannot exist: raised
     in the signal, before the call could be written or lost."""
     if not apps.is_installed("django_q_signals"):
-        raise ImproperlyConfigured(missing_app_message(receiver.key))
+        raise ImproperlyConfigured(missing_app_message(receiver.name))
 
 
-def missing_app_message(key: str) -> str:
+def missing_app_message(receiver_name: str) -> str:
     return (
-        f"{key} keeps its calls in the outbox (outbox=True, or "
+        f"{receiver_name} keeps its calls in the outbox (outbox=True, or "
         "Q_SIGNALS['OUTBOX']), but 'django_q_signals' is not in INSTALLED_APPS, "
         "so the outbox table does not exist. Add 'django_q_signals' to "
         "INSTALLED_APPS and run migrate, or give the receiver outbox=False."
@@ -81,14 +80,14 @@ def write(call: Call, replacing: Call | None = None) -> None:
         rows.update(payload=pack(call))
         call.outbox_id = replacing.outbox_id
         return
-    if not _has_table(alias):
+    if not _has_table_or_say_so(alias):
         return
     model_label = object_pk = ""
     instance = call.instance_pk()
     if instance is not None:
         model_label, object_pk = concrete_label(instance[0]), canonical_pk(instance[1])
     call.outbox_id = _insert(
-        alias, call.receiver.key, model_label, object_pk, pack(call)
+        alias, call.receiver.name, model_label, object_pk, pack(call)
     )
 
 
@@ -184,11 +183,14 @@ def _claim(
     most PKS_AT_MOST pks, in autocommit. The pks claimed."""
     from django_q_signals.models import OutboxCall
 
-    State = OutboxCall.State
     connection = connections[alias]
     table, column = _names(connection)
     state, due, attempts = column("state"), column("due"), column("attempts")
-    claimable = f"({state} IN (%s, %s) OR ({state} IN (%s, %s) AND {due} <= %s))"
+    at_once, when_due = OutboxCall.CLAIMABLE, OutboxCall.CLAIMABLE_WHEN_DUE
+    claimable = (
+        f"({state} IN ({_marks(at_once)}) "
+        f"OR ({state} IN ({_marks(when_due)}) AND {due} <= %s))"
+    )
     when = connection.ops.adapt_datetimefield_value
     claimed = 0
     with connection.cursor() as cursor:
@@ -198,14 +200,12 @@ def _claim(
                 f"{attempts} = {attempts} + 1 "
                 f"WHERE {column('id')} IN ({_marks(chunk)}) AND {claimable}",
                 [
-                    State.RUNNING.value,
+                    OutboxCall.State.RUNNING.value,
                     when(until),
                     token,
                     *chunk,
-                    State.QUEUED.value,
-                    State.SENT.value,
-                    State.RUNNING.value,
-                    State.FAILED.value,
+                    *(state.value for state in at_once),
+                    *(state.value for state in when_due),
                     when(now),
                 ],
             )
@@ -241,7 +241,7 @@ def _chunks(ids: list[int]) -> Iterator[list[int]]:
         yield ids[start : start + PKS_AT_MOST]
 
 
-def _marks(values: list[Any]) -> str:
+def _marks(values: Sequence[Any]) -> str:
     return ", ".join(["%s"] * len(values))
 
 
@@ -257,7 +257,7 @@ def fold(earlier: Call, later: Call) -> None:
         rows.update(payload=pack(later))
 
 
-_tables: set[str] = set()
+_tables: set[tuple[str, str]] = set()
 _missing_told: set[str] = set()
 
 
@@ -267,7 +267,7 @@ def pack(call: Call) -> bytes:
 
 
 def unpack(payload: bytes) -> tuple[str, str, tuple[Any, ...]]:
-    """The receiver key, database alias and call an outbox row keeps;
+    """The receiver name, database alias and call an outbox row keeps;
     ValueError if its signature does not verify or it holds no call of this
     version. Nothing is unpickled before the signature verifies."""
     if not is_signed(payload):
@@ -280,7 +280,7 @@ def unpack(payload: bytes) -> tuple[str, str, tuple[Any, ...]]:
         stored = read(pickle.loads(payload[_MAC_SIZE:]))
     except Exception as exc:
         raise ValueError(f"not a call of this version: {exc}") from exc
-    return stored.key, stored.alias, stored.body
+    return stored.receiver_name, stored.alias, stored.body
 
 
 #: An outbox row's payload starts with an HMAC-SHA256 of the pickled call,
@@ -312,13 +312,22 @@ def _key(secret: str | bytes) -> bytes:
     return hashlib.sha256(_SALT + raw).digest()
 
 
-def _has_table(alias: str) -> bool:
+def has_table(alias: str) -> bool:
+    """Whether the database has the outbox table (once it has, it is not
+    asked again)."""
     from django_q_signals.models import OutboxCall
 
-    if alias in _tables:
+    table = OutboxCall._meta.db_table
+    if (alias, table) in _tables:
         return True
-    if OutboxCall._meta.db_table in connections[alias].introspection.table_names():
-        _tables.add(alias)
+    if table in connections[alias].introspection.table_names():
+        _tables.add((alias, table))
+        return True
+    return False
+
+
+def _has_table_or_say_so(alias: str) -> bool:
+    if has_table(alias):
         return True
     if alias not in _missing_told:
         _missing_told.add(alias)
@@ -352,10 +361,9 @@ def mark_sent(calls: Iterable[Call], *, resent: bool = False) -> None:
         for chunk in _chunks(ids):
             rows = OutboxCall.objects.using(alias).filter(pk__in=chunk)
             if resent:
-                rows = rows.exclude(state=OutboxCall.State.RUNNING, due__gt=now)
+                rows.mark_resent(now)
             else:
-                rows = rows.filter(state=OutboxCall.State.QUEUED)
-            rows.update(state=OutboxCall.State.SENT, sent=now, due=None)
+                rows.mark_sent(now)
 
 
 def _ids_by_alias(calls: Iterable[Call]) -> dict[str, list[int]]:
@@ -413,14 +421,7 @@ class Claim:
 
         for alias, ids in _by_alias(ref for ref in refs if ref in self._claimed):
             for chunk in _chunks(ids):
-                OutboxCall.objects.using(alias).filter(
-                    pk__in=chunk, claim=self.token
-                ).update(
-                    state=OutboxCall.State.QUEUED,
-                    claim="",
-                    due=None,
-                    attempts=F("attempts") - 1,
-                )
+                OutboxCall.objects.using(alias).filter(pk__in=chunk).release(self.token)
 
     def failed(self, ref: Ref | None, error: BaseException) -> None:
         """The handler raised: keep the row, with the error and the time of
@@ -435,11 +436,7 @@ class Claim:
         if attempts is None:
             return  # Claimed again since, by another run.
         text = "".join(traceback.format_exception(error)).strip()
-        rows.update(
-            state=OutboxCall.State.FAILED,
-            error=text,
-            due=_next_attempt(self._receiver, attempts),
-        )
+        rows.mark_failed(self.token, text, _next_attempt(self._receiver, attempts))
 
 
 def _claim_seconds(receiver: Receiver) -> float:
@@ -462,11 +459,11 @@ def _next_attempt(receiver: Receiver, attempts: int) -> Any:
 
 def pending(
     instance: Model, handler: Callable[..., Any] | str | None = None
-) -> QuerySet[OutboxCall]:
+) -> OutboxCallQuerySet:
     """The outbox calls still to run for ``instance``'s row, in any state.
 
     ``handler`` narrows them to one handler: the decorated function, or its
-    dotted path (every receiver of that function), or one receiver's key
+    dotted path (every receiver of that function), or one receiver's name
     (``"module.func#dispatch_uid"``). Returns a QuerySet of ``OutboxCall``.
     """
     from django_q_signals.models import OutboxCall
@@ -478,18 +475,4 @@ def pending(
         model=concrete._meta.label,
         object_pk=canonical_pk(saved_pk(instance)),
     )
-    if handler is None:
-        return calls
-    return calls.filter(of_handler(handler))
-
-
-def of_handler(handler: Callable[..., Any] | str) -> Q:
-    """The outbox calls of one handler: the decorated function, or its dotted
-    path, which are every receiver of that function (its key alone, or with
-    a ``#dispatch_uid``), or one receiver's key."""
-    from django_q_signals._registry import all_receivers
-
-    if isinstance(handler, str):
-        return Q(receiver=handler) | Q(receiver__startswith=f"{handler}#")
-    keys = [receiver.key for receiver in all_receivers() if receiver.func == handler]
-    return Q(receiver__in=keys)
+    return calls if handler is None else calls.of_handler(handler)

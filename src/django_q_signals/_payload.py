@@ -17,7 +17,7 @@ the smallest form a worker can rebuild it from:
 A call is one flat tuple, ``(signal index, layout, sender, value, ...)``. Its
 layout is the kwarg names and a letter per sender and value saying how to
 rebuild it: a number for the usual layouts of Django's model signals, the
-pair itself for any other. A task's argument is ``(FORMAT, receiver key,
+pair itself for any other. A task's argument is ``(FORMAT, receiver name,
 database alias or None for the default one, call)``, or a tuple of calls for
 a batch: builtin types only, so Django Q2 always unpickles a task, and a
 value that cannot be unpickled fails its own call and no other.
@@ -169,7 +169,7 @@ class Call:
         rows = ", ".join(
             f"{name}=<{label} pk={pk!r}>" for name, (label, pk, _) in self.rows()
         )
-        return f"{self.receiver.key}({rows})"
+        return f"{self.receiver.name}({rows})"
 
     @property
     def layout(self) -> tuple[tuple[str, ...], str]:
@@ -206,7 +206,7 @@ class Call:
 
     def payload(self) -> tuple[Any, ...]:
         """What a task for this call alone carries."""
-        return (FORMAT, self.receiver.key, _database(self.alias), self.data)
+        return (FORMAT, self.receiver.name, _database(self.alias), self.data)
 
     def fold_into(self, later: Call) -> None:
         """Make ``later`` the one call for both. Where both are a model's
@@ -269,7 +269,7 @@ def batch_payload(calls: list[Call]) -> tuple[Any, ...]:
     """What a task for a batch of one receiver's calls on one database carries."""
     first = calls[0]
     data = tuple(call.data for call in calls)
-    return (FORMAT, first.receiver.key, _database(first.alias), data)
+    return (FORMAT, first.receiver.name, _database(first.alias), data)
 
 
 def encode_call(
@@ -377,7 +377,7 @@ def _encode(
             name,
             "%s: %r cannot be pickled (%s: %s), so it is not passed to the "
             "worker; the handler will get %s.",
-            receiver.key,
+            receiver.name,
             name,
             type(exc).__name__,
             exc,
@@ -480,7 +480,7 @@ class Payload(NamedTuple):
     """A task's argument (or an outbox row's call) as read, before its calls
     are opened."""
 
-    key: str
+    receiver_name: str
     alias: str
     body: Any
 
@@ -504,12 +504,12 @@ def read(payload: Any) -> Payload:
             "another version of django-q-signals?"
         )
     try:
-        _, key, alias, body = payload
+        _, receiver_name, alias, body = payload
     except ValueError as exc:
         raise ValueError(f"Not a django-q-signals payload: {exc}") from exc
-    if not (isinstance(key, str) and isinstance(alias, (str, type(None)))):
+    if not (isinstance(receiver_name, str) and isinstance(alias, (str, type(None)))):
         raise ValueError(f"Not a django-q-signals payload: {_short(payload)}")
-    return Payload(key, alias or DEFAULT_DB_ALIAS, body)
+    return Payload(receiver_name, alias or DEFAULT_DB_ALIAS, body)
 
 
 def _short(value: Any) -> str:

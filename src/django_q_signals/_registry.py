@@ -1,7 +1,7 @@
 """The record of each async receiver, and the registry workers find them in.
 
-A worker process gets a receiver's key from the task and looks the record up
-here; it imports the handler's module first if no record has that key yet.
+A worker process gets a receiver's name from the task and looks the record up
+here; it imports the handler's module first if no record has that name yet.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ _NAME_LENGTH = 100
 
 #: The fields of a Receiver that say what it is; every other public field is
 #: an option of ``async_receiver()``.
-IDENTITY_FIELDS = frozenset({"func", "key", "signals", "sender", "dispatch_uid"})
+IDENTITY_FIELDS = frozenset({"func", "name", "signals", "sender", "dispatch_uid"})
 
 #: Each option, and the ``Q_SIGNALS`` key its value comes from when the
 #: receiver leaves it to the settings (None: the option has a fixed default).
@@ -62,7 +62,7 @@ class Receiver:
     func: Callable[..., Any]
     #: The name a worker finds it by: the handler's dotted path, plus the
     #: dispatch_uid or a number when that alone would not tell it apart.
-    key: str
+    name: str
     signals: tuple[Signal, ...]
     sender: Any
     #: What the receiver is connected to its signals under.
@@ -102,18 +102,27 @@ class Receiver:
 
     @property
     def task_name(self) -> str:
-        # The tail of a long key is the part that tells handlers apart.
-        return self.key[-_NAME_LENGTH:]
+        # The tail of a long name is the part that tells handlers apart.
+        return self.name[-_NAME_LENGTH:]
+
+    def option(self, name: str, config: _conf.Config | None = None) -> Any:
+        """An option's value in use: the receiver's own, or else (None) its
+        ``Q_SIGNALS`` setting's, as OPTION_SETTINGS pairs them."""
+        value = getattr(self, name)
+        setting = OPTION_SETTINGS[name]
+        if value is not None or setting is None:
+            return value
+        return _conf.value_of(setting, config)
 
     @property
     def waits_for_commit(self) -> bool:
         """Queue at commit: ``on_commit``, or else the ``ON_COMMIT`` setting."""
-        return _conf.get().on_commit if self.on_commit is None else self.on_commit
+        return bool(self.option("on_commit"))
 
     @property
     def uses_outbox(self) -> bool:
         """Keep calls in the outbox: ``outbox``, or else the ``OUTBOX`` setting."""
-        return _conf.get().outbox if self.outbox is None else self.outbox
+        return bool(self.option("outbox"))
 
     @property
     def batch_size(self) -> int:
@@ -157,8 +166,7 @@ class Receiver:
         }
         if options.get("timeout", 0) is None:
             del options["timeout"]  # The cluster's own timeout.
-        outbox = config.outbox if self.outbox is None else self.outbox
-        if self.is_batched or outbox:
+        if self.is_batched or self.option("outbox", config):
             # A batch is never run again as a whole because some of its
             # calls failed: the others would run twice. An outbox call is
             # retried by the relay, as its retries say.
@@ -238,26 +246,26 @@ _registry: dict[str, Receiver] = {}
 
 
 def register(receiver: Receiver) -> None:
-    _registry[receiver.key] = receiver
+    _registry[receiver.name] = receiver
 
 
-def get_receiver(key: str) -> Receiver | None:
-    """Find a receiver by key, importing the module that defines it if needed.
+def get_receiver(name: str) -> Receiver | None:
+    """Find a receiver by name, importing the module that defines it if needed.
 
-    The module is the longest leading part of the key's dotted path that can
+    The module is the longest leading part of the name's dotted path that can
     be imported (``shop.signals`` for ``shop.signals.reindex``).
     """
-    receiver = _registry.get(key)
+    receiver = _registry.get(name)
     if receiver is None:
-        if _module_of(key) is None:
-            logger.error("No module of %s could be imported", key)
+        if _module_of(name) is None:
+            logger.error("No module of %s could be imported", name)
             return None
-        receiver = _registry.get(key)
+        receiver = _registry.get(name)
     return receiver
 
 
-def _module_of(key: str) -> ModuleType | None:
-    parts = key.partition("#")[0].split(".")
+def _module_of(receiver_name: str) -> ModuleType | None:
+    parts = receiver_name.partition("#")[0].split(".")
     for length in range(len(parts) - 1, 0, -1):
         name = ".".join(parts[:length])
         try:
@@ -266,10 +274,14 @@ def _module_of(key: str) -> ModuleType | None:
             missing = exc.name or ""
             if name == missing or name.startswith(missing + "."):
                 continue  # Not a module: a shorter path may be.
-            logger.exception("Could not import %s to find receiver %s", name, key)
+            logger.exception(
+                "Could not import %s to find receiver %s", name, receiver_name
+            )
             return None
         except ImportError:
-            logger.exception("Could not import %s to find receiver %s", name, key)
+            logger.exception(
+                "Could not import %s to find receiver %s", name, receiver_name
+            )
             return None
     return None
 
@@ -278,23 +290,23 @@ def all_receivers() -> list[Receiver]:
     return list(_registry.values())
 
 
-def claim_key(func: Callable[..., Any], dispatch_uid: Any) -> str:
-    """Choose the key a worker will look this handler up by."""
-    key = f"{func.__module__}.{func.__qualname__}"
+def claim_name(func: Callable[..., Any], dispatch_uid: Any) -> str:
+    """Choose the name a worker will look this handler up by."""
+    name = f"{func.__module__}.{func.__qualname__}"
     if dispatch_uid is not None:
-        key = f"{key}#{dispatch_uid}"
-    existing = _registry.get(key)
+        name = f"{name}#{dispatch_uid}"
+    existing = _registry.get(name)
     if existing is not None and existing.func is func:
         # The same function decorated again (stacked decorators): number the
         # later ones in decoration order, which is the same in every process.
         number = 2
-        while f"{key}#{number}" in _registry:
+        while f"{name}#{number}" in _registry:
             number += 1
-        return f"{key}#{number}"
+        return f"{name}#{number}"
     if existing is not None and existing.is_connected():
         raise ImproperlyConfigured(
-            f"Another handler is already an async receiver under the name {key!r}, "
+            f"Another handler is already an async receiver under the name {name!r}, "
             "and a worker could not tell the two apart. Give one of them a "
             "different name, or pass a distinct dispatch_uid to each."
         )
-    return key
+    return name

@@ -22,7 +22,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, connections, router, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from django_q_signals import _brokers, _conf, _outbox, _send
@@ -30,9 +29,7 @@ from django_q_signals._payload import Call
 from django_q_signals._registry import get_receiver
 
 if TYPE_CHECKING:
-    from django.db.models import QuerySet
-
-    from django_q_signals.models import OutboxCall
+    from django_q_signals.models import OutboxCallQuerySet
 
 logger = logging.getLogger("django_q_signals")
 
@@ -54,8 +51,9 @@ def run(*, now: datetime | None = None, everything: bool = False) -> int:
     for alias in aliases():
         rows = OutboxCall.objects.using(alias)
         try:
-            due = Q() if everything else _due(rows, now, emptiness)
-            sent += send_again(rows.filter(due), now=now)
+            sent += send_again(
+                rows if everything else _due(rows, now, emptiness), now=now
+            )
         except DatabaseError as exc:
             _unreachable(alias, exc)
     if sent:
@@ -63,11 +61,11 @@ def run(*, now: datetime | None = None, everything: bool = False) -> int:
     return sent
 
 
-def send_again(rows: QuerySet[OutboxCall], *, now: datetime | None = None) -> int:
+def send_again(rows: OutboxCallQuerySet, *, now: datetime | None = None) -> int:
     """Send these outbox calls to the broker again, a chunk at a time, but
     those a worker is running under a live claim; how many were sent."""
     now = now or timezone.now()
-    rows = rows.exclude(state="running", due__gt=now).order_by("pk")
+    rows = rows.without_live_claims(now).order_by("pk")
     sent = last = 0
     while True:
         count, last = _send_chunk(rows.filter(pk__gt=last))
@@ -85,12 +83,10 @@ def aliases() -> list[str]:
         if not router.allow_migrate_model(alias, OutboxCall):
             continue
         try:
-            tables = connections[alias].introspection.table_names()
+            if _outbox.has_table(alias):
+                found.append(alias)
         except DatabaseError as exc:
             _unreachable(alias, exc)
-            continue
-        if OutboxCall._meta.db_table in tables:
-            found.append(alias)
     return found
 
 
@@ -107,7 +103,7 @@ def _unreachable(alias: str, error: DatabaseError) -> None:
     connections[alias].close_if_unusable_or_obsolete()
 
 
-def _send_chunk(rows: QuerySet[OutboxCall]) -> tuple[int, int]:
+def _send_chunk(rows: OutboxCallQuerySet) -> tuple[int, int]:
     """Send the first chunk of ``rows``: how many were sent, and the last pk
     read (0 when none was left)."""
     alias = rows.db
@@ -128,30 +124,27 @@ def _send_chunk(rows: QuerySet[OutboxCall]) -> tuple[int, int]:
         return len(calls), chunk[-1].pk
 
 
-def _due(rows: QuerySet[OutboxCall], now: datetime, emptiness: dict[Any, bool]) -> Q:
-    """Which of ``rows`` are due. ``emptiness``: whether each broker was
-    found empty, kept across the databases of one run."""
-    from django_q_signals.models import OutboxCall
-
-    State = OutboxCall.State
+def _due(
+    rows: OutboxCallQuerySet, now: datetime, emptiness: dict[Any, bool]
+) -> OutboxCallQuerySet:
+    """Which of ``rows`` are due: those due in themselves, and those sent a
+    while ago whose broker holds no task. ``emptiness``: whether each broker
+    was found empty, kept across the databases of one run."""
     waited = now - timedelta(seconds=_conf.get().outbox_relay_after)
-    unstarted = Q(state=State.SENT, sent__lte=waited)
-    keys = rows.filter(unstarted).values_list("receiver", flat=True).distinct()
-    return (
-        Q(state=State.QUEUED, created__lte=waited)
-        | Q(state__in=[State.RUNNING, State.FAILED], due__lte=now)
-        | (unstarted & Q(receiver__in=_idle_receivers(keys, emptiness)))
-    )
+    unstarted = rows.unstarted(sent_before=waited)
+    names = unstarted.values_list("receiver", flat=True).distinct()
+    idle = unstarted.filter(receiver__in=_idle_receivers(names, emptiness))
+    return rows.due(now, written_before=waited) | idle
 
 
-def _idle_receivers(keys: Iterable[str], emptiness: dict[Any, bool]) -> list[str]:
-    """Of the receivers ``keys`` names, those whose broker holds no task for
-    their cluster: a call of theirs sent some time ago and not started is
-    not on the way. Each is looked up, its module imported if need be: a
-    worker process may not have imported it yet."""
+def _idle_receivers(names: Iterable[str], emptiness: dict[Any, bool]) -> list[str]:
+    """Of the receivers named, those whose broker holds no task for their
+    cluster: a call of theirs sent some time ago and not started is not on
+    the way. Each is looked up, its module imported if need be: a worker
+    process may not have imported it yet."""
     idle = []
-    for key in keys:
-        receiver = get_receiver(key)
+    for name in names:
+        receiver = get_receiver(name)
         if receiver is None:
             continue  # Its calls wait; sending them would say so.
         options = receiver.task_options()
@@ -159,7 +152,7 @@ def _idle_receivers(keys: Iterable[str], emptiness: dict[Any, bool]) -> list[str
         if destination not in emptiness:
             emptiness[destination] = _broker_is_empty(destination)
         if emptiness[destination]:
-            idle.append(key)
+            idle.append(name)
     return idle
 
 
@@ -202,18 +195,18 @@ _unknown_told: set[str] = set()
 def _stored_call(row: Any, alias: str) -> Call | None:
     """The call an outbox row keeps, if this process knows its receiver."""
     try:
-        key, call_alias, data = _outbox.unpack(bytes(row.payload))
+        name, call_alias, data = _outbox.unpack(bytes(row.payload))
     except ValueError as exc:
         # Named as `manage.py qsignals discard` takes it.
         logger.error("Relay: outbox row %s:%s holds no call: %s", alias, row.pk, exc)
         return None
-    receiver = get_receiver(key)
+    receiver = get_receiver(name)
     if receiver is None:
-        if key not in _unknown_told:
-            _unknown_told.add(key)
+        if name not in _unknown_told:
+            _unknown_told.add(name)
             logger.error(
                 "Relay: no async receiver %r in this process; its outbox calls wait",
-                key,
+                name,
             )
         return None
     return Call(receiver, call_alias, data, outbox_id=row.pk)

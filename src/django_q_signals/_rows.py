@@ -92,7 +92,7 @@ class Rows:
         if found is None:
             logger.info(
                 "%s: %s <%s> no longer exists in %r; the handler gets %s=None",
-                self._receiver.key,
+                self._receiver.name,
                 name,
                 row,
                 key[1],

@@ -10,7 +10,7 @@ from django.http import HttpRequest
 from django.utils.timesince import timesince
 
 from django_q_signals import _relay
-from django_q_signals.models import OutboxCall
+from django_q_signals.models import OutboxCall, OutboxCallQuerySet
 
 if TYPE_CHECKING:
     ModelAdmin = admin.ModelAdmin[OutboxCall]
@@ -52,7 +52,7 @@ class OutboxCallAdmin(ModelAdmin):
         return call.error.strip().rpartition("\n")[2][:120]
 
     @admin.action(description="Send again now", permissions=["change"])
-    def send_again(self, request: HttpRequest, queryset: QuerySet[OutboxCall]) -> None:
+    def send_again(self, request: HttpRequest, queryset: OutboxCallQuerySet) -> None:
         selected = queryset.count()
         sent = _relay.send_again(queryset)
         skipped = selected - sent

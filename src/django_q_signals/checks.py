@@ -90,12 +90,11 @@ def check_outbox_installed(**kwargs: Any) -> list[CheckMessage]:
     the app missing."""
     if apps.is_installed("django_q_signals"):
         return []
-    outbox = _conf.read()[0].outbox
+    config = _conf.read()[0]
     users = [
-        receiver.key
+        receiver.name
         for receiver in all_receivers()
-        if receiver.is_connected()
-        and (outbox if receiver.outbox is None else receiver.outbox)
+        if receiver.is_connected() and receiver.option("outbox", config)
     ]
     if not users:
         return []
@@ -158,7 +157,7 @@ def check_retry_above_timeout(**kwargs: Any) -> list[CheckMessage]:
         if own_timeout != timeout and _not_below(own_timeout, retry):
             warnings.append(
                 Warning(
-                    f"The tasks of {receiver.key} have a timeout of {own_timeout} "
+                    f"The tasks of {receiver.name} have a timeout of {own_timeout} "
                     f"seconds, not below Q_CLUSTER['retry'] ({retry}), {why}",
                     hint=hint,
                     obj=receiver.func,
@@ -183,7 +182,7 @@ def check_relation_lookups(**kwargs: Any) -> list[CheckMessage]:
                 if problem:
                     errors.append(
                         Error(
-                            f"{receiver.key}: {kind} {lookup!r} cannot be loaded "
+                            f"{receiver.name}: {kind} {lookup!r} cannot be loaded "
                             f"with {model._meta.label}: {problem}.",
                             hint=f"Use the names of relations of {model._meta.label} "
                             "(the sender's model; for m2m_changed, the model that "
@@ -207,7 +206,7 @@ def check_previous_fields(**kwargs: Any) -> list[CheckMessage]:
         if problem:
             errors.append(
                 Error(
-                    f"{receiver.key}: {problem}",
+                    f"{receiver.name}: {problem}",
                     hint="Name fields of the sender's model (a foreign key by "
                     "its name or its column's, such as 'author' or 'author_id').",
                     obj=receiver.func,
@@ -289,7 +288,7 @@ def check_receivers_importable(**kwargs: Any) -> list[CheckMessage]:
             continue
         warnings.append(
             Warning(
-                f"The async receiver {receiver.key} is defined {where}.",
+                f"The async receiver {receiver.name} is defined {where}.",
                 hint="Define the handler at module level in a module that is "
                 "imported when Django starts (for example from "
                 "AppConfig.ready()).",
@@ -309,7 +308,7 @@ def check_task_functions(**kwargs: Any) -> list[CheckMessage]:
         warnings.append(
             Warning(
                 f"{name} is defined in its module, so the 0.x task function of "
-                f"the async receiver {receiver.key} was not written there: a "
+                f"the async receiver {receiver.name} was not written there: a "
                 "task queued by django-q-signals 0.x for that handler would "
                 f"call the module's own {name} instead.",
                 hint=f"Rename your {name} so that such tasks reach the handler, "

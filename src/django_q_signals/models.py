@@ -2,10 +2,87 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
 from django.db import models
+from django.db.models import F, Q
 from django.utils import timezone
 
 from django_q_signals._payload import PK_TEXT_AT_MOST
+
+
+class OutboxCallQuerySet(models.QuerySet["OutboxCall"]):
+    """The outbox's questions and state changes, each written once."""
+
+    def live_claims(self, now: datetime) -> OutboxCallQuerySet:
+        """Calls a worker is running, its claim not yet expired."""
+        return self.filter(state=OutboxCall.State.RUNNING, due__gt=now)
+
+    def without_live_claims(self, now: datetime) -> OutboxCallQuerySet:
+        """All but the calls a worker is running under a live claim."""
+        return self.exclude(state=OutboxCall.State.RUNNING, due__gt=now)
+
+    def due(self, now: datetime, written_before: datetime) -> OutboxCallQuerySet:
+        """Calls the relay sends again without asking a broker: still queued
+        since ``written_before``, their claim expired, or a retry due."""
+        State = OutboxCall.State
+        return self.filter(
+            Q(state=State.QUEUED, created__lte=written_before)
+            | Q(state__in=OutboxCall.CLAIMABLE_WHEN_DUE, due__lte=now)
+        )
+
+    def unstarted(self, sent_before: datetime) -> OutboxCallQuerySet:
+        """Calls on the broker since ``sent_before`` that no worker started."""
+        return self.filter(state=OutboxCall.State.SENT, sent__lte=sent_before)
+
+    def failed(self) -> OutboxCallQuerySet:
+        return self.filter(state=OutboxCall.State.FAILED)
+
+    def of_handler(self, handler: Callable[..., Any] | str) -> OutboxCallQuerySet:
+        """The calls of one handler: the decorated function, or its dotted
+        path, which are every receiver of that function (its name alone, or
+        with a ``#dispatch_uid``), or one receiver's name."""
+        from django_q_signals._registry import all_receivers
+
+        if isinstance(handler, str):
+            return self.filter(
+                Q(receiver=handler) | Q(receiver__startswith=f"{handler}#")
+            )
+        names = [r.name for r in all_receivers() if r.func == handler]
+        return self.filter(receiver__in=names)
+
+    def mark_sent(self, now: datetime) -> int:
+        """On the broker after their commit. A state only moves forward: only
+        calls still ``queued``, so what a worker already recorded is kept."""
+        return self.filter(state=OutboxCall.State.QUEUED).update(
+            state=OutboxCall.State.SENT, sent=now, due=None
+        )
+
+    def mark_resent(self, now: datetime) -> int:
+        """On the broker again, sent by the relay or an operator (who hold
+        the rows locked): all but those running under a live claim."""
+        return self.without_live_claims(now).update(
+            state=OutboxCall.State.SENT, sent=now, due=None
+        )
+
+    def release(self, claim: str) -> int:
+        """Give back calls ``claim`` took and did not start: ``queued``
+        again, as if never claimed."""
+        return self.filter(claim=claim).update(
+            state=OutboxCall.State.QUEUED,
+            claim="",
+            due=None,
+            attempts=F("attempts") - 1,
+        )
+
+    def mark_failed(self, claim: str, error: str, next_attempt: datetime | None) -> int:
+        """The handler raised under ``claim``: the error, and when the call
+        runs again (None: never, out of retries)."""
+        return self.filter(claim=claim).update(
+            state=OutboxCall.State.FAILED, error=error, due=next_attempt
+        )
 
 
 class OutboxCall(models.Model):
@@ -21,6 +98,11 @@ class OutboxCall(models.Model):
         RUNNING = "running"
         #: Its handler raised; ``due`` is the next attempt, if any is left.
         FAILED = "failed"
+
+    #: A worker may claim a call in these states at once; in the states of
+    #: CLAIMABLE_WHEN_DUE once ``due`` has passed (an expired claim, a retry).
+    CLAIMABLE = (State.QUEUED, State.SENT)
+    CLAIMABLE_WHEN_DUE = (State.RUNNING, State.FAILED)
 
     id = models.BigAutoField(primary_key=True)
     receiver = models.CharField(
@@ -51,6 +133,8 @@ class OutboxCall(models.Model):
         "again, if it has retries left.",
     )
     claim = models.CharField(max_length=32, blank=True)
+
+    objects = OutboxCallQuerySet.as_manager()
 
     class Meta:
         verbose_name = "outbox call"

@@ -71,7 +71,7 @@ class CapturedCall:
     @property
     def name(self) -> str:
         """The name the worker finds the receiver by (its dotted path)."""
-        return self._call.receiver.key
+        return self._call.receiver.name
 
     @property
     def signal(self) -> Signal:

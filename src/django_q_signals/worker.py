@@ -47,7 +47,7 @@ def run_call(payload: Any, outbox: Ref | None = None) -> Any:
             try:
                 arguments = open_call(read_payload.body, receiver, read_payload.alias)
             except ValueError as exc:
-                raise ValueError(f"A call to {receiver.key} failed: {exc}") from exc
+                raise ValueError(f"A call to {receiver.name} failed: {exc}") from exc
             with limit.handler():
                 result = _run_handler(receiver, arguments, Rows(receiver, [arguments]))
         except BaseException as exc:
@@ -82,7 +82,7 @@ def run_batch(payload: Any, outbox: Sequence[Ref | None] | None = None) -> int:
             batch.record_done()
     if batch.failures:
         raise BatchError(
-            f"{len(batch.failures)} of {len(calls)} calls to {receiver.key} failed: "
+            f"{len(batch.failures)} of {len(calls)} calls to {receiver.name} failed: "
             + "; ".join(batch.failures[number] for number in sorted(batch.failures))
         )
     return len(calls)
@@ -133,7 +133,7 @@ class _Batch:
                 arguments = open_call(data, receiver, alias)
             except ValueError as exc:
                 logger.error(
-                    "%s: call %d of %d: %s", receiver.key, number, self.total, exc
+                    "%s: call %d of %d: %s", receiver.name, number, self.total, exc
                 )
                 self.failed(number, ref, f"call {number}: {exc}", exc)
             else:
@@ -171,7 +171,7 @@ class _Batch:
                 _run_handler(self.receiver, call.arguments, rows)
         except Exception as exc:
             logger.exception(
-                "%s: call %d of %d failed", self.receiver.key, call.number, self.total
+                "%s: call %d of %d failed", self.receiver.name, call.number, self.total
             )
             self.failed(call.number, call.ref, _failure(call, exc), exc)
         else:
@@ -201,11 +201,11 @@ class _Batch:
             if self.claim:
                 self.claim.release([call.ref for call in rest])
             _send.send([call.as_call(self.receiver, self.alias) for call in rest])
-        logger.error("%s: %s: %s", self.receiver.key, cut, "; ".join(said))
+        logger.error("%s: %s: %s", self.receiver.name, cut, "; ".join(said))
         if not (isinstance(cut, SystemExit) and said):
             return cut
         try:
-            return type(cut)(f"{cut}; {self.receiver.key}: {'; '.join(said)}")
+            return type(cut)(f"{cut}; {self.receiver.name}: {'; '.join(said)}")
         except TypeError:  # pragma: no cover (an exception class of its own)
             return cut
 
@@ -237,7 +237,7 @@ def _log_not_claimed(receiver: Receiver, refs: Sequence[Ref | None]) -> None:
         logger.info(
             "%s: %d call(s) not run: another run has them, or they already ran "
             "(outbox rows %s)",
-            receiver.key,
+            receiver.name,
             len(refs),
             ", ".join(f"{ref[0]}:{ref[1]}" for ref in refs if ref),
         )
@@ -255,12 +255,13 @@ def _find(payload: Any) -> tuple[Receiver, Payload]:
     """The receiver a task is for, and its payload as read."""
     try:
         read_payload = read(payload)
-        receiver = get_receiver(read_payload.key)
+        name = read_payload.receiver_name
+        receiver = get_receiver(name)
         if receiver is None:
             raise LookupError(
-                f"No async receiver {read_payload.key!r} in this worker. Is the module "
-                "that defines it imported when Django starts (for example from "
-                "an AppConfig.ready())?"
+                f"No async receiver {name!r} in this worker. Is the module that "
+                "defines it imported when Django starts (for example from an "
+                "AppConfig.ready())?"
             )
     except (LookupError, ValueError):
         logger.exception("Refused a queued signal")
@@ -276,7 +277,7 @@ def run_arguments(receiver: Receiver, arguments: Arguments) -> Any:
 
 def _run_handler(receiver: Receiver, arguments: Arguments, rows: Rows) -> Any:
     sender, kwargs = rebuild(receiver, arguments, rows)
-    logger.debug("Running %s", receiver.key)
+    logger.debug("Running %s", receiver.name)
     signal = receiver.signals[arguments.signal_index]
     if not receiver.is_async:
         return receiver.func(signal=signal, sender=sender, **kwargs)
@@ -284,7 +285,7 @@ def _run_handler(receiver: Receiver, arguments: Arguments, rows: Rows) -> Any:
         return async_to_sync(receiver.func)(signal=signal, sender=sender, **kwargs)
     except SynchronousOnlyOperation as exc:
         raise SynchronousOnlyOperation(
-            f"{receiver.key} is an async handler, so reading a relation that is "
+            f"{receiver.name} is an async handler, so reading a relation that is "
             "not loaded yet cannot run its query. Load what it reads with "
             "select_related=[...] or prefetch_related=[...] on @async_receiver, "
             f"or query with the async methods (await ... .aget()). ({exc})"

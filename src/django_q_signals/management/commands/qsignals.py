@@ -22,14 +22,14 @@ from django.dispatch import Signal
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from django_q_signals import _outbox, _relay
+from django_q_signals import _relay
 from django_q_signals._payload import read
 from django_q_signals._registry import Receiver, all_receivers
 from django_q_signals._send import BATCH_TASK, TASK
-from django_q_signals.models import OutboxCall
+from django_q_signals.models import OutboxCall, OutboxCallQuerySet
 
 if TYPE_CHECKING:
-    from django.db.models import Model, QuerySet
+    from django.db.models import Model
 
 # Django Q2 saves a failure as "<error> : <traceback>"; on one line, the
 # traceback's header would only push the error out of view.
@@ -109,7 +109,7 @@ class Command(BaseCommand):
             )
         receivers = sorted(
             (receiver for receiver in all_receivers() if receiver.is_connected()),
-            key=lambda receiver: receiver.key,
+            key=lambda receiver: receiver.name,
         )
         if not receivers:
             self.stdout.write("No async receivers are connected.")
@@ -122,7 +122,7 @@ class Command(BaseCommand):
             signal for receiver in receivers for signal in receiver.signals
         )
         for receiver in receivers:
-            self.stdout.write(receiver.key, self.style.MIGRATE_LABEL)
+            self.stdout.write(receiver.name, self.style.MIGRATE_LABEL)
             signals = [signal_names[signal] for signal in receiver.signals]
             label = "signals" if len(signals) > 1 else "signal"
             self._line(label, ", ".join(signals))
@@ -134,10 +134,10 @@ class Command(BaseCommand):
             self._line("q_options", options_text)
             if tasks:
                 self._stats(receiver, tasks)
-            if with_outbox and (receiver.key in outbox or receiver.uses_outbox):
-                self._line("outbox", outbox.get(receiver.key, "empty"))
-            if receiver.key in failed:
-                self._line("failed calls", failed[receiver.key], self.style.ERROR)
+            if with_outbox and (receiver.name in outbox or receiver.uses_outbox):
+                self._line("outbox", outbox.get(receiver.name, "empty"))
+            if receiver.name in failed:
+                self._line("failed calls", failed[receiver.name], self.style.ERROR)
             self.stdout.write("")
         if stats:
             self.stdout.write(_save_limit_note())
@@ -199,7 +199,7 @@ def _selected(
     ids: list[tuple[str | None, int]],
     handler: str | None,
     database: str | None,
-) -> list[QuerySet[OutboxCall]]:
+) -> list[OutboxCallQuerySet]:
     """The calls an action acts on, per database. Each database numbers its
     calls from 1, so an id names a call on one database only; an id or a
     handler that names no call is a CommandError, and nothing is done."""
@@ -231,12 +231,12 @@ def _selected(
         wanted[alias].add(pk)
     noun = "outbox call" if len(states) > 1 else f"{states[0]} outbox call"
     of = f" of the handler {handler!r}" if handler else ""
-    selected = []
+    selected: list[OutboxCallQuerySet] = []
     missing = []
     for alias in wanted if ids else aliases:
         rows = OutboxCall.objects.using(alias).filter(state__in=states)
         if handler:
-            rows = rows.filter(_outbox.of_handler(handler))
+            rows = rows.of_handler(handler)
         if ids:
             rows = rows.filter(pk__in=wanted[alias])
             found = set(rows.values_list("pk", flat=True))
@@ -264,16 +264,16 @@ def _outbox_counts() -> dict[str, str]:
     for alias in _relay.aliases():
         rows = OutboxCall.objects.using(alias).values("receiver", "state")
         for row in rows.annotate(count=Count("pk"), oldest=Min("created")):
-            key = row["receiver"]
-            counts.setdefault(key, Counter())[row["state"]] += row["count"]
-            oldest[key] = min(oldest.get(key, row["oldest"]), row["oldest"])
+            name = row["receiver"]
+            counts.setdefault(name, Counter())[row["state"]] += row["count"]
+            oldest[name] = min(oldest.get(name, row["oldest"]), row["oldest"])
     return {
-        key: ", ".join(
+        name: ", ".join(
             f"{by_state[state]} {state}" for state in OUTBOX_STATES if by_state[state]
         )
         # timesince() joins its numbers and units with no-break spaces.
-        + f"; the oldest written {timesince(oldest[key]).replace(chr(160), ' ')} ago"
-        for key, by_state in counts.items()
+        + f"; the oldest written {timesince(oldest[name]).replace(chr(160), ' ')} ago"
+        for name, by_state in counts.items()
     }
 
 
@@ -287,15 +287,15 @@ def _failed_calls() -> dict[str, str]:
     named: dict[str, list[str]] = defaultdict(list)
     more: Counter[str] = Counter()
     for alias in _relay.aliases():
-        rows = OutboxCall.objects.using(alias).filter(state=OutboxCall.State.FAILED)
-        for key, pk in rows.order_by("pk").values_list("receiver", "pk").iterator():
-            if len(named[key]) < _FAILED_NAMED:
-                named[key].append(f"{alias}:{pk}")
+        rows = OutboxCall.objects.using(alias).failed()
+        for name, pk in rows.order_by("pk").values_list("receiver", "pk").iterator():
+            if len(named[name]) < _FAILED_NAMED:
+                named[name].append(f"{alias}:{pk}")
             else:
-                more[key] += 1
+                more[name] += 1
     return {
-        key: ", ".join(ids) + (f" and {more[key]} more" if more[key] else "")
-        for key, ids in named.items()
+        name: ", ".join(ids) + (f" and {more[name]} more" if more[name] else "")
+        for name, ids in named.items()
     }
 
 
@@ -422,12 +422,12 @@ class _SavedTasks:
         if others:
             # Resubmitted from Django Q2's admin: a new, random name, and the
             # same payload, which names the receiver.
-            by_key: dict[str | None, str] = {
-                receiver.key: _task_name(receiver) for receiver in receivers
+            by_receiver_name: dict[str | None, str] = {
+                receiver.name: _task_name(receiver) for receiver in receivers
             }
             tasks = self._saved.filter(name__in=others)
             for name, args, success in tasks.values_list("name", "args", "success"):
-                owner = by_key.get(_receiver_key(args))
+                owner = by_receiver_name.get(_receiver_name(args))
                 if owner:
                     self.counts[owner, success] += 1
                     self._names[owner].add(name)
@@ -438,10 +438,10 @@ class _SavedTasks:
         return list(latest.values_list("stopped", "result")[:1])
 
 
-def _receiver_key(args: Any) -> str | None:
+def _receiver_name(args: Any) -> str | None:
     """The receiver a task's arguments are for, if they are a queued call."""
     try:
-        return read(args[0]).key
+        return read(args[0]).receiver_name
     except (IndexError, TypeError, ValueError):
         return None
 
