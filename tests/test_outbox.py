@@ -845,6 +845,47 @@ def test_pending_gives_the_calls_still_to_run_for_a_row(
     assert not pending(other).exists()
 
 
+def test_the_outbox_querysets_select_calls_as_the_relay_does(
+    connect: Connect[Any],
+) -> None:
+    @connect(post_save, sender=Article, outbox=True, retries=1, retry_backoff=60)
+    def charge(instance: Article, **kwargs: Any) -> None:
+        raise ValueError(f"declined: {instance.title}")
+
+    @connect(post_save, sender=Article, outbox=True)
+    def notify(**kwargs: Any) -> None:
+        pass
+
+    for title in "ab":
+        Article.objects.create(title=title)
+    for task in queued_tasks():
+        if task["args"][0][1] == path(charge):
+            with pytest.raises(ValueError, match="declined"):
+                run_call(*task["args"])
+    purge()
+    now = timezone.now()
+    calls = OutboxCall.objects.all()
+    failed = calls.failed().of_handler(path(charge))
+    assert [call.error.splitlines()[-1] for call in failed.order_by("pk")] == [
+        "ValueError: declined: a",
+        "ValueError: declined: b",
+    ]
+    assert not calls.failed().of_handler(notify).exists()
+    # Their retries are a minute away; notify's calls were sent just now.
+    assert not calls.due(now, written_before=now).exists()
+    assert calls.unstarted(sent_before=now).of_handler(notify).count() == 2
+    assert not calls.unstarted(sent_before=now - timedelta(minutes=1)).exists()
+    assert calls.due(now + timedelta(minutes=2), written_before=now).count() == 2
+
+    first = calls.of_handler(notify).order_by("pk")[0]
+    calls.filter(pk=first.pk).update(state=State.RUNNING, due=now + timedelta(1))
+    assert list(calls.live_claims(now)) == [first]
+    assert calls.without_live_claims(now).count() == 3
+    # A claim expired: no longer live, and due again.
+    assert not calls.live_claims(now + timedelta(2)).exists()
+    assert first in calls.due(now + timedelta(2), written_before=now)
+
+
 def test_pending_takes_a_handlers_path_whatever_its_dispatch_uids(
     connect: Connect[Any],
 ) -> None:
