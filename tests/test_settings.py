@@ -95,7 +95,8 @@ def test_batch_true_takes_its_size_from_the_settings(connect: Connect[Any]) -> N
             (
                 "Unknown settings.Q_SIGNALS key 'ON_COMIT' (did you mean "
                 "'ON_COMMIT'?); the known ones are "
-                "BATCH_SIZE, ON_COMMIT, OUTBOX, OUTBOX_RELAY_AFTER, Q_OPTIONS."
+                "BATCH_SIZE, ON_COMMIT, ORDERED, OUTBOX, OUTBOX_RELAY_AFTER, "
+                "Q_OPTIONS, SUPERSEDE."
             ),
         ),
         (

@@ -86,6 +86,8 @@ class Config(NamedTuple):
     outbox: bool = False
     outbox_relay_after: float = 30.0
     q_options: dict[str, Any] = {}  # noqa: RUF012 (never mutated)
+    ordered: bool = False
+    supersede: bool = False
 
 
 DEFAULTS = Config()
@@ -96,6 +98,8 @@ _SETTING_NAMES = {
     "OUTBOX": "outbox",
     "OUTBOX_RELAY_AFTER": "outbox_relay_after",
     "Q_OPTIONS": "q_options",
+    "ORDERED": "ordered",
+    "SUPERSEDE": "supersede",
 }
 
 _config: Config | None = None
@@ -211,10 +215,13 @@ def _on_commit_problem(value: object) -> str | None:
     return f"settings.Q_SIGNALS['ON_COMMIT'] must be True or False, not {value!r}."
 
 
-def _outbox_problem(value: object) -> str | None:
-    if isinstance(value, bool):
-        return None
-    return f"settings.Q_SIGNALS['OUTBOX'] must be True or False, not {value!r}."
+def _true_or_false(setting: str) -> Callable[[object], str | None]:
+    def problem(value: object) -> str | None:
+        if isinstance(value, bool):
+            return None
+        return f"settings.Q_SIGNALS[{setting!r}] must be True or False, not {value!r}."
+
+    return problem
 
 
 def _relay_after_problem(value: object) -> str | None:
@@ -240,9 +247,11 @@ def _q_options_problem(value: object) -> str | None:
 _VALIDATORS = {
     "BATCH_SIZE": _batch_size_problem,
     "ON_COMMIT": _on_commit_problem,
-    "OUTBOX": _outbox_problem,
+    "OUTBOX": _true_or_false("OUTBOX"),
     "OUTBOX_RELAY_AFTER": _relay_after_problem,
     "Q_OPTIONS": _q_options_problem,
+    "ORDERED": _true_or_false("ORDERED"),
+    "SUPERSEDE": _true_or_false("SUPERSEDE"),
 }
 
 

@@ -17,7 +17,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from django.apps import apps
 from django.conf import settings
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from django_q_signals.models import OutboxCallQuerySet
 
 logger = logging.getLogger("django_q_signals")
+
+T = TypeVar("T")
 
 #: Where a queued call's row is: its database alias and its pk.
 Ref = tuple[str, int]
@@ -89,6 +91,36 @@ def write(call: Call, replacing: Call | None = None) -> None:
     call.outbox_id = _insert(
         alias, call.receiver.name, model_label, object_pk, pack(call)
     )
+    if model_label and call.receiver.supersedes:
+        _supersede(alias, call.receiver.name, model_label, object_pk, call.outbox_id)
+
+
+def _supersede(
+    alias: str, receiver_name: str, model_label: str, object_pk: str, newest: int
+) -> None:
+    """Drop the receiver's calls for the row written before ``newest`` that
+    have not started: one DELETE, in the transaction that wrote ``newest``."""
+    from django_q_signals.models import OutboxCall
+
+    connection = connections[alias]
+    table, column = _names(connection)
+    state, due = column("state"), column("due")
+    unstarted = OutboxCall.UNSTARTED
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {table} WHERE {column('receiver')} = %s "
+            f"AND {column('model')} = %s AND {column('object_pk')} = %s "
+            f"AND {column('id')} < %s AND ({state} IN ({_marks(unstarted)}) "
+            f"OR ({state} = %s AND {due} IS NOT NULL))",
+            [
+                receiver_name,
+                model_label,
+                object_pk,
+                newest,
+                *(state.value for state in unstarted),
+                OutboxCall.State.FAILED.value,
+            ],
+        )
 
 
 #: Per database: the INSERT of an outbox row, whether it returns the pk, and
@@ -168,7 +200,7 @@ def _delete(alias: str, ids: list[int], claim: str | None = None) -> None:
     table, column = _names(connection)
     claimed = "" if claim is None else f" AND {column('claim')} = %s"
     with connection.cursor() as cursor:
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             cursor.execute(
                 f"DELETE FROM {table} WHERE {column('id')} IN ({_marks(chunk)})"
                 + claimed,
@@ -177,10 +209,17 @@ def _delete(alias: str, ids: list[int], claim: str | None = None) -> None:
 
 
 def _claim(
-    alias: str, ids: list[int], token: str, now: datetime, until: datetime
+    alias: str,
+    ids: list[int],
+    token: str,
+    now: datetime,
+    until: datetime,
+    *,
+    in_order: bool = False,
 ) -> list[int]:
     """Claim the rows no live run has, until ``until``: plain UPDATEs of at
-    most PKS_AT_MOST pks, in autocommit. The pks claimed."""
+    most PKS_AT_MOST pks, in autocommit. ``in_order``: only rows with no
+    earlier call of their receiver for their row. The pks claimed."""
     from django_q_signals.models import OutboxCall
 
     connection = connections[alias]
@@ -191,10 +230,14 @@ def _claim(
         f"({state} IN ({_marks(at_once)}) "
         f"OR ({state} IN ({_marks(when_due)}) AND {due} <= %s))"
     )
+    if in_order and connection.features.update_can_self_select:
+        claimable += f" AND NOT EXISTS ({_earlier_call_sql(connection)})"
+    elif in_order:  # pragma: no cover (MySQL; MariaDB can self-select)
+        ids = sorted(set(ids) - set(_held_back_by_earlier(alias, ids)))
     when = connection.ops.adapt_datetimefield_value
     claimed = 0
     with connection.cursor() as cursor:
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             cursor.execute(
                 f"UPDATE {table} SET {state} = %s, {due} = %s, {column('claim')} = %s, "
                 f"{attempts} = {attempts} + 1 "
@@ -216,9 +259,51 @@ def _claim(
     ours = OutboxCall.objects.using(alias).filter(claim=token)
     return [
         pk
-        for chunk in _chunks(ids)
+        for chunk in chunks(ids)
         for pk in ours.filter(pk__in=chunk).values_list("pk", flat=True)
     ]
+
+
+def _earlier_call_sql(connection: Any) -> str:
+    """A SELECT of the calls of the outer row's receiver for its row written
+    before it: any of them keeps an ``ordered`` call from running."""
+    table, column = _names(connection)
+    earlier = connection.ops.quote_name("earlier")
+    same = " AND ".join(
+        f"{earlier}.{column(name)} = {table}.{column(name)}"
+        for name in ("receiver", "model", "object_pk")
+    )
+    return (
+        f"SELECT 1 FROM {table} {earlier} WHERE {same} "
+        f"AND {earlier}.{column('id')} < {table}.{column('id')} "
+        f"AND {earlier}.{column('model')} <> ''"
+    )
+
+
+def _held_back_by_earlier(alias: str, ids: list[int]) -> list[int]:
+    """Of the rows ``ids``, those an earlier call of their row holds back."""
+    from django_q_signals.models import OutboxCall
+
+    return [
+        pk
+        for chunk in chunks(ids)
+        for pk in OutboxCall.objects.using(alias)
+        .filter(pk__in=chunk)
+        .held_back()
+        .values_list("pk", flat=True)
+    ]
+
+
+def _hold_back(alias: str, ids: list[int]) -> None:
+    """Mark ``waiting`` the rows of ``ids`` not started that an earlier call of
+    their row holds back."""
+    from django_q_signals.models import OutboxCall
+
+    for chunk in chunks(ids):
+        rows = OutboxCall.objects.using(alias).filter(
+            pk__in=chunk, state__in=[OutboxCall.State.QUEUED, OutboxCall.State.SENT]
+        )
+        rows.held_back().update(state=OutboxCall.State.WAITING, due=None)
 
 
 def _names(connection: Any) -> tuple[str, Callable[[str], str]]:
@@ -236,7 +321,7 @@ def _names(connection: Any) -> tuple[str, Callable[[str], str]]:
 PKS_AT_MOST = 500
 
 
-def _chunks(ids: list[int]) -> Iterator[list[int]]:
+def chunks(ids: list[T]) -> Iterator[list[T]]:
     for start in range(0, len(ids), PKS_AT_MOST):
         yield ids[start : start + PKS_AT_MOST]
 
@@ -358,7 +443,7 @@ def mark_sent(calls: Iterable[Call], *, resent: bool = False) -> None:
 
     now = timezone.now()
     for alias, ids in by_alias.items():
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             rows = OutboxCall.objects.using(alias).filter(pk__in=chunk)
             if resent:
                 rows.mark_resent(now)
@@ -401,8 +486,18 @@ class Claim:
         now = timezone.now()
         until = now + timedelta(seconds=_claim_seconds(receiver))
         self._claimed: set[Ref] = set()
+        #: ``ordered``: per database, the rows (label, pk) whose call ran.
+        self.rows_done: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        in_order = receiver.keeps_order
         for alias, ids in _by_alias(refs):
-            claimed = _claim(alias, ids, self.token, now, until)
+            claimed = _claim(alias, ids, self.token, now, until, in_order=in_order)
+            if in_order and len(claimed) < len(ids):
+                # Held back by an earlier call of their row: waiting. Then
+                # again, as that call may have finished meanwhile and found
+                # nothing waiting to send.
+                rest = sorted(set(ids) - set(claimed))
+                _hold_back(alias, rest)
+                claimed += _claim(alias, rest, self.token, now, until, in_order=True)
             self._claimed.update((alias, pk) for pk in claimed)
 
     def holds(self, ref: Ref | None) -> bool:
@@ -412,6 +507,8 @@ class Claim:
     def succeeded(self, refs: Iterable[Ref | None]) -> None:
         """The handler returned: the calls are done, their rows go."""
         for alias, ids in _by_alias(ref for ref in refs if ref in self._claimed):
+            if self._receiver.keeps_order:
+                self.rows_done[alias].update(_rows_of(alias, ids, self.token))
             _delete(alias, ids, claim=self.token)
 
     def release(self, refs: Iterable[Ref | None]) -> None:
@@ -420,7 +517,7 @@ class Claim:
         from django_q_signals.models import OutboxCall
 
         for alias, ids in _by_alias(ref for ref in refs if ref in self._claimed):
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 OutboxCall.objects.using(alias).filter(pk__in=chunk).release(self.token)
 
     def failed(self, ref: Ref | None, error: BaseException) -> None:
@@ -437,6 +534,20 @@ class Claim:
             return  # Claimed again since, by another run.
         text = "".join(traceback.format_exception(error)).strip()
         rows.mark_failed(self.token, text, _next_attempt(self._receiver, attempts))
+
+
+def _rows_of(alias: str, ids: list[int], claim: str) -> list[tuple[str, str]]:
+    """The rows (label, pk) of the calls ``ids`` that ``claim`` holds."""
+    from django_q_signals.models import OutboxCall
+
+    return [
+        row
+        for chunk in chunks(ids)
+        for row in OutboxCall.objects.using(alias)
+        .filter(pk__in=chunk, claim=claim)
+        .exclude(model="")
+        .values_list("model", "object_pk")
+    ]
 
 
 def _claim_seconds(receiver: Receiver) -> float:

@@ -52,6 +52,8 @@ OPTION_SETTINGS: dict[str, str | None] = {
     "retry_backoff": None,
     "when": None,
     "previous": None,
+    "ordered": "ORDERED",
+    "supersede": "SUPERSEDE",
 }
 
 
@@ -81,6 +83,10 @@ class Receiver:
     when: Callable[..., Any] | None = None
     #: Fields whose values before the save the handler gets as ``previous``.
     previous: tuple[str, ...] = ()
+    #: One call per row at a time, in the order written (outbox receivers).
+    ordered: bool | None = None
+    #: A new call drops the row's calls not started yet (outbox receivers).
+    supersede: bool | None = None
     _warned: set[str] = field(default_factory=set, init=False)
 
     @property
@@ -123,6 +129,18 @@ class Receiver:
     def uses_outbox(self) -> bool:
         """Keep calls in the outbox: ``outbox``, or else the ``OUTBOX`` setting."""
         return bool(self.option("outbox"))
+
+    @property
+    def keeps_order(self) -> bool:
+        """Run a row's calls one at a time, in order: ``ordered``, or else
+        the ``ORDERED`` setting, for a receiver that uses the outbox."""
+        return self.uses_outbox and bool(self.option("ordered"))
+
+    @property
+    def supersedes(self) -> bool:
+        """A new call drops the row's calls not started yet: ``supersede``,
+        or else the ``SUPERSEDE`` setting, for a receiver that uses the outbox."""
+        return self.uses_outbox and bool(self.option("supersede"))
 
     @property
     def batch_size(self) -> int:

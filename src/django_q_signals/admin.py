@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 from django.utils.timesince import timesince
 
-from django_q_signals import _relay
+from django_q_signals import _order, _relay
 from django_q_signals.models import OutboxCall, OutboxCallQuerySet
 
 if TYPE_CHECKING:
@@ -20,7 +21,15 @@ else:
 
 @admin.register(OutboxCall)
 class OutboxCallAdmin(ModelAdmin):
-    list_display = ("receiver", "state", "row", "attempts", "age", "last_error")
+    list_display = (
+        "receiver",
+        "state",
+        "row",
+        "attempts",
+        "age",
+        "last_error",
+        "waits_for",
+    )
     list_filter = ("state", "receiver")
     search_fields = ("receiver", "object_pk")
     ordering = ("-created",)
@@ -34,6 +43,7 @@ class OutboxCallAdmin(ModelAdmin):
         "created",
         "sent",
         "due",
+        "waits_for",
         "error",
     )
     readonly_fields = fields
@@ -51,6 +61,15 @@ class OutboxCallAdmin(ModelAdmin):
         # The exception line is the last one of the traceback.
         return call.error.strip().rpartition("\n")[2][:120]
 
+    @admin.display(description="waits for")
+    def waits_for(self, call: OutboxCall) -> str:
+        """For a waiting call, the call of its row that runs first."""
+        blocker = call.blocked_by
+        if blocker is None:
+            return "-"
+        url = reverse("admin:django_q_signals_outboxcall_change", args=[blocker.pk])
+        return format_html('<a href="{}">{} ({})</a>', url, blocker.pk, blocker.state)
+
     @admin.action(description="Send again now", permissions=["change"])
     def send_again(self, request: HttpRequest, queryset: OutboxCallQuerySet) -> None:
         selected = queryset.count()
@@ -62,8 +81,8 @@ class OutboxCallAdmin(ModelAdmin):
         self.message_user(request, text, messages.SUCCESS)
 
     @admin.action(description="Discard", permissions=["delete"])
-    def discard(self, request: HttpRequest, queryset: QuerySet[OutboxCall]) -> None:
-        count, _ = queryset.delete()
+    def discard(self, request: HttpRequest, queryset: OutboxCallQuerySet) -> None:
+        count = _order.discard(queryset)
         self.message_user(request, f"Discarded {count} call(s).", messages.SUCCESS)
 
     def get_actions(

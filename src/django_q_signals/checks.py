@@ -114,9 +114,9 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
     return [
         Error(
             problem,
-            hint="Q_SIGNALS takes BATCH_SIZE (a whole number), ON_COMMIT and "
-            "OUTBOX (True or False), OUTBOX_RELAY_AFTER (seconds) and Q_OPTIONS "
-            "(a dict of Django Q2 task options).",
+            hint="Q_SIGNALS takes BATCH_SIZE (a whole number), ON_COMMIT, "
+            "OUTBOX, ORDERED and SUPERSEDE (True or False), OUTBOX_RELAY_AFTER "
+            "(seconds) and Q_OPTIONS (a dict of Django Q2 task options).",
             id="django_q_signals.E003",
         )
         for problem in problems

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from django_q_signals._payload import PK_TEXT_AT_MOST
@@ -26,11 +26,24 @@ class OutboxCallQuerySet(models.QuerySet["OutboxCall"]):
 
     def due(self, now: datetime, written_before: datetime) -> OutboxCallQuerySet:
         """Calls the relay sends again without asking a broker: still queued
-        since ``written_before``, their claim expired, or a retry due."""
+        since ``written_before``, their claim expired, a retry due, or
+        waiting with no earlier call left for their row."""
         State = OutboxCall.State
         return self.filter(
             Q(state=State.QUEUED, created__lte=written_before)
             | Q(state__in=OutboxCall.CLAIMABLE_WHEN_DUE, due__lte=now)
+            | (Q(state=State.WAITING) & ~Exists(_earlier_calls()))
+        )
+
+    def held_back(self) -> OutboxCallQuerySet:
+        """Calls an earlier call of their receiver for their row keeps from
+        running, where the receiver is ``ordered``."""
+        return self.filter(Exists(_earlier_calls()))
+
+    def waiting_first(self) -> OutboxCallQuerySet:
+        """Waiting calls that no earlier call of their row holds back."""
+        return self.filter(state=OutboxCall.State.WAITING).exclude(
+            Exists(_earlier_calls())
         )
 
     def unstarted(self, sent_before: datetime) -> OutboxCallQuerySet:
@@ -98,11 +111,16 @@ class OutboxCall(models.Model):
         RUNNING = "running"
         #: Its handler raised; ``due`` is the next attempt, if any is left.
         FAILED = "failed"
+        #: ``ordered``: held back until the row's earlier calls are done.
+        WAITING = "waiting"
 
     #: A worker may claim a call in these states at once; in the states of
     #: CLAIMABLE_WHEN_DUE once ``due`` has passed (an expired claim, a retry).
-    CLAIMABLE = (State.QUEUED, State.SENT)
+    CLAIMABLE = (State.QUEUED, State.SENT, State.WAITING)
     CLAIMABLE_WHEN_DUE = (State.RUNNING, State.FAILED)
+    #: Not started: what a newer call of a ``supersede`` receiver replaces
+    #: (with the failed calls that have a retry due).
+    UNSTARTED = (State.QUEUED, State.SENT, State.WAITING)
 
     id = models.BigAutoField(primary_key=True)
     receiver = models.CharField(
@@ -142,8 +160,52 @@ class OutboxCall(models.Model):
             models.Index(fields=["model", "object_pk"], name="qsignals_outbox_row"),
             models.Index(fields=["state", "due"], name="qsignals_outbox_due"),
             models.Index(fields=["receiver", "state"], name="qsignals_outbox_receiver"),
+            # A row's calls of one receiver in order: ordered and supersede.
+            models.Index(
+                fields=["receiver", "model", "object_pk", "id"],
+                name="qsignals_outbox_order",
+            ),
         )
 
     def __str__(self) -> str:
         row = f" {self.model} pk={self.object_pk}" if self.model else ""
         return f"{self.receiver}({row.strip()}) {self.state}"
+
+    @property
+    def row(self) -> tuple[str, str] | None:
+        """The label and pk of the call's instance, if it has one."""
+        return (self.model, self.object_pk) if self.model else None
+
+    def earlier_calls(self) -> OutboxCallQuerySet:
+        """Its receiver's calls for its row written before it, oldest first:
+        with ``ordered``, each of them runs before it does."""
+        if self.row is None:
+            return OutboxCall.objects.none()
+        return (
+            OutboxCall.objects.using(self._state.db)
+            .filter(
+                receiver=self.receiver,
+                model=self.model,
+                object_pk=self.object_pk,
+                pk__lt=self.pk,
+            )
+            .order_by("pk")
+        )
+
+    @property
+    def blocked_by(self) -> OutboxCall | None:
+        """For a waiting call, the earliest call of its row still to run."""
+        if self.state != OutboxCall.State.WAITING:
+            return None
+        return self.earlier_calls().first()
+
+
+def _earlier_calls() -> OutboxCallQuerySet:
+    """For a subquery: the calls of the outer call's receiver and row written
+    before it."""
+    return OutboxCall.objects.filter(
+        receiver=OuterRef("receiver"),
+        model=OuterRef("model"),
+        object_pk=OuterRef("object_pk"),
+        pk__lt=OuterRef("pk"),
+    ).exclude(model="")
