@@ -85,26 +85,21 @@ def async_receiver(
     related = _check_lookups("select_related", select_related)
     prefetched = _check_lookups("prefetch_related", prefetch_related)
     _check_outbox(outbox, on_commit, retries, retry_backoff)
-    if (related or prefetched) and not _names_a_model(sender):
-        raise TypeError(
-            "select_related and prefetch_related apply to the sender's model: "
-            f"give a model, or 'app_label.ModelName', as sender, not {sender!r}."
-        )
+    _check_lookups_sender(related + prefetched, sender)
     _check_when(when)
     fields = _check_previous(previous, signals, sender)
 
     def decorator(func: Handler) -> Handler:
         _check_handler(func)
-        # Without a dispatch_uid, Django would key the connection on the
-        # function it is given; keying it on the handler keeps
-        # signal.disconnect(handler) working as it does for @receiver.
-        uid = id(func) if dispatch_uid is None else dispatch_uid
         receiver = _registry.Receiver(
             func,
             _registry.claim_name(func, dispatch_uid),
             signals,
             sender,
-            dispatch_uid=uid,
+            # Without a dispatch_uid, Django would key the connection on the
+            # function it is given; keying it on the handler keeps
+            # signal.disconnect(handler) working as it does for @receiver.
+            dispatch_uid=id(func) if dispatch_uid is None else dispatch_uid,
             on_commit=on_commit,
             batch=batch,
             coalesce=coalesce,
@@ -118,22 +113,39 @@ def async_receiver(
             when=when,
             previous=fields,
         )
-        model = receiver.sender_model if fields and apps.models_ready else None
-        problem = model and _previous.problem(model, fields)
-        if problem:
-            # Before the models are ready, manage.py check says it (E008).
-            raise ImproperlyConfigured(problem)
-        _registry.register(receiver)
-        if fields:
-            # Its hooks run before the receiver: connected first.
-            _previous.watch(receiver)
-        _compat.write_task_function(receiver)
-        receive = _receive_for(receiver)
-        for each in signals:
-            each.connect(receive, sender=sender, weak=False, dispatch_uid=uid)
+        _check_previous_fields(receiver)
+        _register_and_connect(receiver)
         return func
 
     return decorator
+
+
+def _check_previous_fields(receiver: _registry.Receiver) -> None:
+    """Refuse ``previous`` names that are not fields of the sender's model."""
+    fields = receiver.previous
+    model = receiver.sender_model if fields and apps.models_ready else None
+    problem = model and _previous.problem(model, fields)
+    if problem:
+        # Before the models are ready, manage.py check says it (E008).
+        raise ImproperlyConfigured(problem)
+
+
+def _register_and_connect(receiver: _registry.Receiver) -> None:
+    """Register ``receiver`` for the workers, write its 0.x task function,
+    and connect it to its signals."""
+    _registry.register(receiver)
+    if receiver.previous:
+        # Its hooks run before the receiver: connected first.
+        _previous.watch(receiver)
+    _compat.write_task_function(receiver)
+    receive = _receive_for(receiver)
+    for signal in receiver.signals:
+        signal.connect(
+            receive,
+            sender=receiver.sender,
+            weak=False,
+            dispatch_uid=receiver.dispatch_uid,
+        )
 
 
 #: Apps whose models never trigger async receivers.
@@ -207,6 +219,14 @@ def _check_sender(sender: Any) -> None:
         raise ImproperlyConfigured(
             f"{sender!r} is a model of Django Q2 or of this library: an async "
             "receiver for it would queue a task for every task that runs, forever."
+        )
+
+
+def _check_lookups_sender(lookups: tuple[str, ...], sender: Any) -> None:
+    if lookups and not _names_a_model(sender):
+        raise TypeError(
+            "select_related and prefetch_related apply to the sender's model: "
+            f"give a model, or 'app_label.ModelName', as sender, not {sender!r}."
         )
 
 

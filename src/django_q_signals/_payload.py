@@ -64,6 +64,17 @@ OWN_ROW = "s"  # a saved instance of the sender's model, on the call's database:
 ITS_SENDER = "S"  # the receiver's own sender model: nothing more
 ITS_DATABASE = "d"  # the name of the call's database: nothing more
 
+#: A call: ``(signal index, layout, sender, value, ...)``.
+CallData = tuple[Any, ...]
+#: A call's kwarg names, and a letter per sender and value saying how it is
+#: recorded.
+Layout = tuple[tuple[str, ...], str]
+#: A saved instance as a call records it: its model's label, pk and database.
+RowId = tuple[str, Any, str]
+#: A task's argument: ``(FORMAT, receiver name, database alias or None for
+#: the default one, call)``, or with a tuple of calls for a batch.
+TaskArgument = tuple[int, str, str | None, CallData | tuple[CallData, ...]]
+
 _POST_SAVE = ("instance", "created", "update_fields", "raw", "using")
 _PRE_SAVE = ("instance", "raw", "using", "update_fields")
 _DELETE = ("instance", "using", "origin")
@@ -73,7 +84,7 @@ _M2M_RAW = (*_M2M, "raw")  # Django 6.1
 #: The usual kwargs of Django's model signals, and how they are recorded
 #: (the sender's kind first): a call names its layout by number. Part of
 #: FORMAT: never reorder, only append.
-LAYOUTS: tuple[tuple[tuple[str, ...], str], ...] = (
+LAYOUTS: tuple[Layout, ...] = (
     ((), ""),
     (_POST_SAVE, "Ssvvvd"),
     (_POST_SAVE, "msvvvd"),
@@ -150,7 +161,7 @@ class Call:
         self,
         receiver: Receiver,
         alias: str,
-        data: tuple[Any, ...],
+        data: CallData,
         outbox_id: int | None = None,
     ) -> None:
         self.receiver = receiver
@@ -172,7 +183,7 @@ class Call:
         return f"{self.receiver.name}({rows})"
 
     @property
-    def layout(self) -> tuple[tuple[str, ...], str]:
+    def layout(self) -> Layout:
         """The kwarg names, and how the sender and each value are recorded."""
         return layout_of(self.data)
 
@@ -180,7 +191,7 @@ class Call:
         """The recorded value of kwarg ``name``, as the call holds it."""
         return self.data[3 + self.layout[0].index(name)]
 
-    def rows(self) -> Iterator[tuple[str, tuple[str, Any, str]]]:
+    def rows(self) -> Iterator[tuple[str, RowId]]:
         """The saved instances among the kwargs: name, and (label, pk, db)."""
         names, kinds = self.layout
         for name, kind, value in zip(names, kinds[1:], self.data[3:], strict=True):
@@ -194,7 +205,7 @@ class Call:
             return self.receiver.sender_label
         return cast("str", self.data[2])
 
-    def instance_row(self) -> tuple[str, Any, str] | None:
+    def instance_row(self) -> RowId | None:
         """The row its ``instance`` kwarg refers to, if a saved one."""
         return next((row for name, row in self.rows() if name == "instance"), None)
 
@@ -204,7 +215,7 @@ class Call:
         row = self.instance_row()
         return self.pickled_instance if row is None else (row[0], row[1])
 
-    def payload(self) -> tuple[Any, ...]:
+    def payload(self) -> TaskArgument:
         """What a task for this call alone carries."""
         return (FORMAT, self.receiver.name, _database(self.alias), self.data)
 
@@ -252,7 +263,7 @@ class Call:
         }
 
 
-def layout_of(data: tuple[Any, ...]) -> tuple[tuple[str, ...], str]:
+def layout_of(data: CallData) -> Layout:
     layout = data[1]
     if isinstance(layout, int):
         return LAYOUTS[layout]
@@ -265,7 +276,7 @@ def _database(alias: str) -> str | None:
     return None if alias == DEFAULT_DB_ALIAS else alias
 
 
-def batch_payload(calls: list[Call]) -> tuple[Any, ...]:
+def batch_payload(calls: list[Call]) -> TaskArgument:
     """What a task for a batch of one receiver's calls on one database carries."""
     first = calls[0]
     data = tuple(call.data for call in calls)
@@ -275,31 +286,32 @@ def batch_payload(calls: list[Call]) -> tuple[Any, ...]:
 def encode_call(
     receiver: Receiver, signal: Signal, sender: Any, kwargs: dict[str, Any]
 ) -> Call:
+    """``receiver``'s call for a signal: its sender and kwargs recorded as
+    they are now, each in the smallest form a worker rebuilds it from."""
     using = kwargs.get("using")
     # A custom signal may mean something else by using: then the call
     # follows its instances' database.
     alias = using if isinstance(using, str) and using in connections.settings else None
     snapshot = receiver.snapshot
-    kinds: list[str]
-    sender_value: Any = None
+    own_label: str | None
     if sender is not None and sender is receiver.sender_model:
-        kinds = [ITS_SENDER]
+        kinds, sender_value = [ITS_SENDER], None
+        own_label = receiver.sender_label
     else:
-        encoded = _encode(receiver, "sender", sender, snapshot)
-        kinds = [PLAIN]
-        if encoded is not None:
-            kinds[0], sender_value = encoded
+        encoded_sender = _encode(receiver, "sender", sender, snapshot)
+        kind, sender_value = encoded_sender or (PLAIN, None)
+        kinds = [kind]
+        # Only a model sent as sender names the model of its rows.
+        own_label = sender_value if kind == MODEL else None
     names = []
     values = []
     pickled_instance = None
     for name, value in kwargs.items():
         if name == "previous" and receiver.previous and _is_plain_dict(value):
             # Made for this call alone, so it cannot change: kept as it is.
-            names.append(name)
-            kinds.append(PLAIN)
-            values.append(value)
-            continue
-        encoded = _encode(receiver, name, value, snapshot)
+            encoded: tuple[str, Any] | None = PLAIN, value
+        else:
+            encoded = _encode(receiver, name, value, snapshot)
         if encoded is not None:
             names.append(name)
             kinds.append(encoded[0])
@@ -307,16 +319,7 @@ def encode_call(
             if encoded[0] == PICKLED and name == "instance":
                 pickled_instance = _label_and_pk(value)
     if alias is None:
-        alias = next(
-            (v[2] for k, v in zip(kinds[1:], values, strict=True) if k == ROW and v[2]),
-            DEFAULT_DB_ALIAS,
-        )
-    # Only a model sent as sender names the model of its rows.
-    own_label = None
-    if kinds[0] == ITS_SENDER:
-        own_label = receiver.sender_label
-    elif kinds[0] == MODEL:
-        own_label = sender_value
+        alias = _database_of_rows(kinds, values)
     for index, (kind, value) in enumerate(zip(kinds[1:], values, strict=True)):
         if kind == ROW and value[0] == own_label and value[2] == alias:
             # The sender's model on this database: its pk says it all.
@@ -334,6 +337,15 @@ def encode_call(
     return call
 
 
+def _database_of_rows(kinds: list[str], values: list[Any]) -> str:
+    """The database of the first saved instance among a call's values, or
+    the default one."""
+    return next(
+        (v[2] for k, v in zip(kinds[1:], values, strict=True) if k == ROW and v[2]),
+        DEFAULT_DB_ALIAS,
+    )
+
+
 def _is_plain_dict(value: Any) -> bool:
     return type(value) is dict and all(map(is_plain, value.values()))
 
@@ -347,7 +359,7 @@ def _label_and_pk(value: Any) -> tuple[str, Any] | None:
     return None
 
 
-def _layout_ref(names: tuple[str, ...], kinds: str) -> Any:
+def _layout_ref(names: tuple[str, ...], kinds: str) -> int | Layout:
     """How a call names its layout: by number if it is a usual one."""
     number = _LAYOUT_NUMBERS.get((names, kinds))
     if number is None:

@@ -54,8 +54,7 @@ def send(
         return
     from django_q.conf import Conf
 
-    writes: dict[Any, list[tuple[list[Call], str]]] = {}
-    signed = 0
+    writes = _Writes(raise_errors=raise_errors, resent=resent)
     for task in group_tasks(calls):
         options = task[0].receiver.task_options()
         func, args = task_call(task)
@@ -64,8 +63,7 @@ def send(
             # and now, and its errors reach the caller, as from async_task.
             from django_q.tasks import async_task
 
-            _write(writes, raise_errors=raise_errors, resent=resent)
-            writes, signed = {}, 0
+            writes.write()
             async_task(func, *args, q_options=options)
             continue
         destination = _brokers.destination(options)
@@ -77,12 +75,30 @@ def send(
                 raise
             logger.exception("Could not queue %s", describe(task))
             continue
-        writes.setdefault(destination, []).append((task, pack))
-        signed += 1
-        if signed == WRITE_AT_MOST:
-            _write(writes, raise_errors=raise_errors, resent=resent)
-            writes, signed = {}, 0
-    _write(writes, raise_errors=raise_errors, resent=resent)
+        writes.add(destination, task, pack)
+    writes.write()
+
+
+class _Writes:
+    """Signed tasks waiting to be written, by destination: each destination's
+    written together, once WRITE_AT_MOST are waiting or when asked."""
+
+    def __init__(self, *, raise_errors: bool, resent: bool) -> None:
+        self.raise_errors = raise_errors
+        self.resent = resent
+        self.waiting: dict[Any, list[tuple[list[Call], str]]] = {}
+        self.count = 0
+
+    def add(self, destination: Any, task: list[Call], pack: str) -> None:
+        self.waiting.setdefault(destination, []).append((task, pack))
+        self.count += 1
+        if self.count == WRITE_AT_MOST:
+            self.write()
+
+    def write(self) -> None:
+        """Write the waiting tasks: one write per destination."""
+        waiting, self.waiting, self.count = self.waiting, {}, 0
+        _write(waiting, raise_errors=self.raise_errors, resent=self.resent)
 
 
 def _write(

@@ -59,6 +59,11 @@ def check_q_cluster(**kwargs: Any) -> list[CheckMessage]:
                 id="django_q_signals.E002",
             )
         ]
+    return _broker_errors(q_cluster)
+
+
+def _broker_errors(q_cluster: dict[str, Any]) -> list[CheckMessage]:
+    """Why the broker Q_CLUSTER chooses cannot work, if it cannot."""
     orm = q_cluster.get("orm")
     if orm is not None and orm not in settings.DATABASES:
         return [
@@ -123,43 +128,57 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
     ]
 
 
+#: Why a task timeout not below Q_CLUSTER['retry'] is a problem (W002).
+_REDELIVERED = (
+    "so a broker that redelivers unacknowledged tasks (the ORM broker, SQS, "
+    "...) gives a task that is still running to a second worker, and its "
+    "handler runs twice."
+)
+_RETRY_HINT = (
+    "Set Q_CLUSTER['retry'] some seconds above the longest task timeout, or "
+    "lower the timeout."
+)
+
+
 def check_retry_above_timeout(**kwargs: Any) -> list[CheckMessage]:
     q_cluster = getattr(settings, "Q_CLUSTER", None)
     if not isinstance(q_cluster, dict):
         return []  # E002
     retry = q_cluster.get("retry", 60)
-    hint = (
-        "Set Q_CLUSTER['retry'] some seconds above the longest task timeout, or "
-        "lower the timeout."
-    )
-    why = (
-        "so a broker that redelivers unacknowledged tasks (the ORM broker, SQS, "
-        "...) gives a task that is still running to a second worker, and its "
-        "handler runs twice."
-    )
-    warnings: list[CheckMessage] = []
     timeout = q_cluster.get("timeout")
+    warnings: list[CheckMessage] = []
     if _not_below(timeout, retry):
         warnings.append(
             Warning(
                 f"Q_CLUSTER['retry'] ({retry}) is not above Q_CLUSTER['timeout'] "
-                f"({timeout}), {why}",
-                hint=hint,
+                f"({timeout}), {_REDELIVERED}",
+                hint=_RETRY_HINT,
                 id="django_q_signals.W002",
             )
         )
+    warnings.extend(_receiver_timeouts_not_below(retry, timeout))
+    return warnings
+
+
+def _receiver_timeouts_not_below(
+    retry: object, cluster_timeout: object
+) -> list[CheckMessage]:
+    """W002 for each receiver whose tasks have a timeout of their own that is
+    not below ``retry``."""
     # The settings as they are, without logging what E003 reports.
     config, _ = _conf.read()
+    warnings: list[CheckMessage] = []
     for receiver in all_receivers():
         if not receiver.is_connected():
             continue
         own_timeout = receiver.task_options(config).get("timeout")
-        if own_timeout != timeout and _not_below(own_timeout, retry):
+        if own_timeout != cluster_timeout and _not_below(own_timeout, retry):
             warnings.append(
                 Warning(
                     f"The tasks of {receiver.name} have a timeout of {own_timeout} "
-                    f"seconds, not below Q_CLUSTER['retry'] ({retry}), {why}",
-                    hint=hint,
+                    f"seconds, not below Q_CLUSTER['retry'] ({retry}), "
+                    f"{_REDELIVERED}",
+                    hint=_RETRY_HINT,
                     obj=receiver.func,
                     id="django_q_signals.W002",
                 )
