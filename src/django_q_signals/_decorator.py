@@ -55,6 +55,8 @@ def async_receiver(
     retry_backoff: float | None = None,
     when: Callable[..., Any] | None = None,
     previous: Sequence[str] | None = None,
+    ordered: bool | None = None,
+    supersede: bool | None = None,
 ) -> Callable[[Handler], Handler]:
     """Connect a handler to ``signal`` and run it in a Django Q2 worker.
 
@@ -71,7 +73,11 @@ def async_receiver(
     failed call again. ``when`` is called in the request with the
     handler's arguments: a false result queues nothing. ``previous`` names
     fields of a ``pre_save`` or ``post_save`` sender model whose values
-    before the save the handler (and ``when``) get as ``previous``. The
+    before the save the handler (and ``when``) get as ``previous``. With
+    ``outbox=True``, ``ordered`` runs the calls for one row one at a time,
+    in the order they were written, and ``supersede`` drops a row's calls
+    not started yet when a newer one is written (``None``: the ``ORDERED``
+    and ``SUPERSEDE`` settings, for receivers that use the outbox). The
     decorated function is returned unchanged.
     ``weak`` is accepted for symmetry with ``receiver``: the connection is
     always kept alive.
@@ -85,6 +91,7 @@ def async_receiver(
     related = _check_lookups("select_related", select_related)
     prefetched = _check_lookups("prefetch_related", prefetch_related)
     _check_outbox(outbox, on_commit, retries, retry_backoff)
+    _check_row_options(outbox, ordered=ordered, supersede=supersede)
     _check_lookups_sender(related + prefetched, sender)
     _check_when(when)
     fields = _check_previous(previous, signals, sender)
@@ -112,6 +119,8 @@ def async_receiver(
             retry_backoff=retry_backoff,
             when=when,
             previous=fields,
+            ordered=ordered,
+            supersede=supersede,
         )
         _check_previous_fields(receiver)
         _register_and_connect(receiver)
@@ -288,6 +297,19 @@ def _check_outbox(
         )
     if retry_backoff is not None and not retries:
         raise TypeError("retry_backoff needs retries: how many times to run it again.")
+
+
+def _check_row_options(outbox: bool | None, **options: bool | None) -> None:
+    """``ordered`` and ``supersede``: True, False or None, and True only with
+    the outbox, whose rows they work from."""
+    for name, value in options.items():
+        if not (value is None or isinstance(value, bool)):
+            raise TypeError(f"{name} must be True, False or None, not {value!r}.")
+        if value and outbox is not True:
+            raise TypeError(
+                f"{name} needs outbox=True: the calls of a row are kept, and "
+                "put in order, in the outbox."
+            )
 
 
 def _check_when(when: Any) -> None:

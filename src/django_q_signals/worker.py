@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from asgiref.sync import async_to_sync
 from django.core.exceptions import SynchronousOnlyOperation
 
-from django_q_signals import _send
+from django_q_signals import _order, _send
 from django_q_signals._outbox import Claim, Ref
 from django_q_signals._payload import (
     Arguments,
@@ -55,7 +55,7 @@ def run_call(payload: Any, outbox: Ref | None = None) -> Any:
                 claim.failed(outbox, exc)
             raise
         if claim:
-            claim.succeeded([outbox])
+            _succeeded(receiver, claim, [outbox])
     return result
 
 
@@ -179,7 +179,7 @@ class _Batch:
 
     def record_done(self) -> None:
         if self.claim:
-            self.claim.succeeded(self.done)
+            _succeeded(self.receiver, self.claim, self.done)
 
     def _cut_short(
         self, cut: BaseException, cut_call: _Opened | None, rest: list[_Opened]
@@ -210,6 +210,14 @@ class _Batch:
             return cut
 
 
+def _succeeded(receiver: Receiver, claim: Claim, refs: list[Ref | None]) -> None:
+    """The calls ran: their rows go, and, for an ordered receiver, the next
+    waiting call of each of their rows is sent."""
+    claim.succeeded(refs)
+    if claim.rows_done:
+        _order.send_next(receiver.name, claim.rows_done)
+
+
 def _failure(call: _Opened, error: BaseException) -> str:
     return (
         f"call {call.number} ({describe_rows(call.arguments.kwargs)}): "
@@ -234,11 +242,13 @@ def relay() -> int:
 
 def _log_not_claimed(receiver: Receiver, refs: Sequence[Ref | None]) -> None:
     if refs:
+        waiting = ", or they wait for an earlier call" if receiver.keeps_order else ""
         logger.info(
-            "%s: %d call(s) not run: another run has them, or they already ran "
+            "%s: %d call(s) not run: another run has them, or they already ran%s "
             "(outbox rows %s)",
             receiver.name,
             len(refs),
+            waiting,
             ", ".join(f"{ref[0]}:{ref[1]}" for ref in refs if ref),
         )
 
