@@ -222,7 +222,7 @@ def test_with_the_outbox_a_row_keeps_one_call(connect: Connect[Any]) -> None:
 
 
 @pytest.mark.outbox
-def test_folding_outbox_rows_sends_no_model_signals(connect: Connect[Any]) -> None:
+def test_coalescing_outbox_rows_sends_no_model_signals(connect: Connect[Any]) -> None:
     from django_q_signals.models import OutboxCall
 
     @connect(post_save, sender=Article, coalesce=True, outbox=True)
@@ -262,7 +262,7 @@ def test_a_savepoint_at_the_end_is_not_merged_and_both_calls_run(
 
 
 @pytest.mark.outbox
-def test_a_fold_a_newer_savepoint_could_undo_waits(connect: Connect[Any]) -> None:
+def test_coalescing_a_newer_savepoint_could_undo_waits(connect: Connect[Any]) -> None:
     from django_q_signals.models import OutboxCall
 
     ran: list[int] = []
@@ -276,7 +276,7 @@ def test_a_fold_a_newer_savepoint_could_undo_waits(connect: Connect[Any]) -> Non
         with transaction.atomic():
             article.save()
         with rolled_back():
-            # The two calls above are not folded in here: the rollback would
+            # The two calls above are not coalesced here: the rollback would
             # take the outbox writes back, not the merge.
             Article.objects.create(title="rolled back")
     assert OutboxCall.objects.filter(state="sent").count() == 2

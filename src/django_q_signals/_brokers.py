@@ -72,11 +72,12 @@ def is_orm(destination: Any) -> bool:
     )
 
 
-def write(destination: Any, packs: list[str], tasks: list[list[Call]]) -> None:
-    """Put ``packs`` on the broker for ``destination`` (see ``destination()``)."""
+def write(destination: Any, packs: list[str], calls: list[Call]) -> None:
+    """Put ``packs``, the tasks of ``calls``, on the broker for
+    ``destination`` (see ``destination()``)."""
     key = queue_key(destination)
     if is_orm(destination):
-        _write_orm(key, packs, [call for task in tasks for call in task])
+        _write_orm(key, packs, calls)
         return
     failed_at = _failed_at.get(key)
     if failed_at is not None and time.monotonic() - failed_at < COOL_DOWN:

@@ -97,7 +97,7 @@ class _Group:
 
     def add(self, call: Call) -> Call | None:
         """Append a call. A coalescing receiver's earlier call for the same
-        row in this group is folded into it; that call is returned."""
+        row in this group is merged into it; that call is returned."""
         key = _coalescing_key(call)
         if key is None:
             self.calls.append(call)
@@ -109,13 +109,13 @@ class _Group:
         if at is not None:
             replaced, self.calls[at] = self.calls[at], None
             assert replaced is not None
-            replaced.fold_into(call)
+            replaced.merge_into(call)
         self.index[key] = len(self.calls)
         self.calls.append(call)
         return replaced
 
-    def fold_into(self, later: _Group) -> None:
-        """Fold its coalescing calls into ``later``'s for the same rows: the
+    def coalesce_into(self, later: _Group) -> None:
+        """Merge its coalescing calls into ``later``'s for the same rows: the
         two groups now share their fate."""
         assert self.index is not None
         assert later.index is not None
@@ -128,12 +128,12 @@ class _Group:
             call = later.calls[later_at]
             assert earlier is not None
             assert call is not None
-            earlier.fold_into(call)
+            earlier.merge_into(call)
             if call.receiver.uses_outbox:
-                _outbox.fold(earlier, call)
+                _outbox.keep_one_row(earlier, call)
 
     def rewrites_outbox_rows(self, later: _Group) -> bool:
-        """Whether folding into ``later`` would rewrite outbox rows."""
+        """Whether coalescing into ``later`` would rewrite outbox rows."""
         if not (self.index and later.index):
             return False
         return any(key[0].uses_outbox for key in self.index if key in later.index)
@@ -171,7 +171,7 @@ class _Group:
                 break
             offset = len(previous.calls)
             if self.index and previous.index:
-                previous.fold_into(self)
+                previous.coalesce_into(self)
             previous.calls.extend(self.calls)
             if self.index:
                 index = previous.index or {}

@@ -330,7 +330,7 @@ def _marks(values: Sequence[Any]) -> str:
     return ", ".join(["%s"] * len(values))
 
 
-def fold(earlier: Call, later: Call) -> None:
+def keep_one_row(earlier: Call, later: Call) -> None:
     """``later`` took ``earlier``'s place: one row for both, with the call as
     it now stands."""
     from django_q_signals.models import OutboxCall

@@ -219,7 +219,7 @@ class Call:
         """What a task for this call alone carries."""
         return (FORMAT, self.receiver.name, _database(self.alias), self.data)
 
-    def fold_into(self, later: Call) -> None:
+    def merge_into(self, later: Call) -> None:
         """Make ``later`` the one call for both. Where both are a model's
         pre_save or post_save and ``later`` has them: created if either was,
         the union of their update_fields: None (every field) if either's

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("django_q_signals")
 
+#: The calls one task carries: one call, or a batch of one receiver's calls.
+TaskCalls = list["Call"]
+
 #: The functions a worker runs for a task: one call, or a batch of calls.
 TASK = "django_q_signals.worker.run_call"
 BATCH_TASK = "django_q_signals.worker.run_batch"
@@ -55,9 +58,9 @@ def send(
     from django_q.conf import Conf
 
     writes = _Writes(raise_errors=raise_errors, resent=resent)
-    for task in group_tasks(calls):
-        options = task[0].receiver.task_options()
-        func, args = task_call(task)
+    for task_calls in split_into_tasks(calls):
+        options = task_calls[0].receiver.task_options()
+        func, args = task_function(task_calls)
         if options.get("sync", Conf.SYNC):
             # The calls before it go first. Then Django Q2 runs the task here
             # and now, and its errors reach the caller, as from async_task.
@@ -73,9 +76,9 @@ def send(
         except Exception:
             if raise_errors:
                 raise
-            logger.exception("Could not queue %s", describe(task))
+            logger.exception("Could not queue %s", describe(task_calls))
             continue
-        writes.add(destination, task, pack)
+        writes.add(destination, task_calls, pack)
     writes.write()
 
 
@@ -86,11 +89,11 @@ class _Writes:
     def __init__(self, *, raise_errors: bool, resent: bool) -> None:
         self.raise_errors = raise_errors
         self.resent = resent
-        self.waiting: dict[Any, list[tuple[list[Call], str]]] = {}
+        self.waiting: dict[Any, list[tuple[TaskCalls, str]]] = {}
         self.count = 0
 
-    def add(self, destination: Any, task: list[Call], pack: str) -> None:
-        self.waiting.setdefault(destination, []).append((task, pack))
+    def add(self, destination: Any, task_calls: TaskCalls, pack: str) -> None:
+        self.waiting.setdefault(destination, []).append((task_calls, pack))
         self.count += 1
         if self.count == WRITE_AT_MOST:
             self.write()
@@ -102,15 +105,16 @@ class _Writes:
 
 
 def _write(
-    writes: dict[Any, list[tuple[list[Call], str]]],
+    writes: dict[Any, list[tuple[TaskCalls, str]]],
     *,
     raise_errors: bool,
     resent: bool,
 ) -> None:
     for destination, items in writes.items():
-        tasks = [task for task, _ in items]
+        tasks = [task_calls for task_calls, _ in items]
+        calls = [call for task_calls in tasks for call in task_calls]
         try:
-            _brokers.write(destination, [pack for _, pack in items], tasks)
+            _brokers.write(destination, [pack for _, pack in items], calls)
         except Exception as exc:
             if raise_errors:
                 raise
@@ -125,15 +129,16 @@ def _write(
                 exc_info=not cooling,
             )
         else:
-            _outbox.mark_sent((call for task in tasks for call in task), resent=resent)
+            _outbox.mark_sent(calls, resent=resent)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("Queued %s", "; ".join(map(describe, tasks)))
 
 
-def _fate(tasks: list[list[Call]]) -> str:
+def _fate(tasks: list[TaskCalls]) -> str:
     """What becomes of calls that could not be queued."""
-    kept = sum(1 for task in tasks for call in task if call.outbox_id is not None)
-    total = sum(len(task) for task in tasks)
+    calls = [call for task_calls in tasks for call in task_calls]
+    kept = sum(1 for call in calls if call.outbox_id is not None)
+    total = len(calls)
     if kept == total:
         return "they stay in the outbox, and the relay sends them later"
     if kept:
@@ -141,10 +146,10 @@ def _fate(tasks: list[list[Call]]) -> str:
     return "they are lost"
 
 
-def group_tasks(calls: list[Call]) -> list[list[Call]]:
-    """The tasks for ``calls``, in firing order: one call each, or a batch of
-    one receiver's calls on one database."""
-    tasks: list[list[Call]] = []
+def split_into_tasks(calls: list[Call]) -> list[TaskCalls]:
+    """The calls of each task for ``calls``, in firing order: one call each,
+    or a batch of one receiver's calls on one database."""
+    tasks: list[TaskCalls] = []
     batches: dict[tuple[Receiver, str], list[Call]] = {}
     sizes: dict[Receiver, int] = {}
     for call in calls:
@@ -162,19 +167,20 @@ def group_tasks(calls: list[Call]) -> list[list[Call]]:
     return tasks
 
 
-def task_call(task: list[Call]) -> tuple[str, tuple[Any, ...]]:
-    """The function a worker runs for ``task``, and its arguments: the
-    payload, and where its calls' outbox rows are if they have any."""
-    refs = _outbox.refs(task)
-    if task[0].receiver.is_batched:
-        payload = batch_payload(task)
+def task_function(task_calls: TaskCalls) -> tuple[str, tuple[Any, ...]]:
+    """The function a worker runs for a task of ``task_calls``, and its
+    arguments: the payload, and where the calls' outbox rows are if they
+    have any."""
+    refs = _outbox.refs(task_calls)
+    if task_calls[0].receiver.is_batched:
+        payload = batch_payload(task_calls)
         return BATCH_TASK, (payload,) if refs is None else (payload, refs)
-    payload = task[0].payload()
+    payload = task_calls[0].payload()
     return TASK, (payload,) if refs is None else (payload, refs[0])
 
 
-def describe(task: list[Call]) -> str:
-    return ", ".join(str(call) for call in task)
+def describe(task_calls: TaskCalls) -> str:
+    return ", ".join(str(call) for call in task_calls)
 
 
 def _sign(func: str, args: tuple[Any, ...], options: dict[str, Any]) -> str:

@@ -133,8 +133,8 @@ def _run(calls: list[Call]) -> Any:
     The first error is raised once all have run.
     """
     result = error = None
-    for task in _send.group_tasks(calls):
-        func, args = _send.task_call(task)
+    for task_calls in _send.split_into_tasks(calls):
+        func, args = _send.task_function(task_calls)
         try:
             result = import_string(func)(*_as_queued(args))
         except Exception as exc:
