@@ -89,7 +89,7 @@ def _add_selection(action: argparse.ArgumentParser) -> None:
     action.add_argument(
         "--handler",
         help="only the calls of this handler: its dotted path (all its "
-        "receivers), or one receiver's key",
+        "receivers), or one receiver's name",
     )
     action.add_argument(
         "--database",
