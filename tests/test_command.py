@@ -25,8 +25,8 @@ from django.dispatch import Signal
 from django.test import override_settings
 
 from django_q_signals import _registry
+from django_q_signals._cli import outbox_stats
 from django_q_signals._send import BATCH_TASK, TASK
-from django_q_signals.management.commands import qsignals as qsignals_command
 from django_q_signals.worker import run_call
 from tests.conftest import Connect, Worker, custom, path, purge, queued_tasks
 from tests.handlers import probe_fails, probe_succeeds, stats_probe
@@ -901,7 +901,7 @@ def test_stats_name_each_receivers_failed_calls_by_database_and_id(
     failed_on_other(1)
     shown = blocks(qsignals("--stats"))[path(outbox_calls)]
     assert shown["failed calls"] == (f"default:{ids[0]}, default:{ids[1]}, other:1")
-    monkeypatch.setattr(qsignals_command, "_FAILED_NAMED", 2)
+    monkeypatch.setattr(outbox_stats, "_FAILED_NAMED", 2)
     shown = blocks(qsignals("--stats"))[path(outbox_calls)]
     assert shown["failed calls"] == f"default:{ids[0]}, default:{ids[1]} and 1 more"
 
