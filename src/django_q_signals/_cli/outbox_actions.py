@@ -8,7 +8,7 @@ from collections import defaultdict
 
 from django.core.management.base import CommandError
 
-from django_q_signals import _relay
+from django_q_signals import _order, _relay
 from django_q_signals.models import OutboxCall, OutboxCallQuerySet
 
 #: A call's id as given: the database's alias (None: not given), and its pk.
@@ -46,7 +46,7 @@ def discard(
     """``state`` is one of STATES, or ``"any"``."""
     states = list(STATES) if state == "any" else [state]
     selected = _selected(states, ids, handler, database)
-    discarded = sum(rows.delete()[0] for rows in selected)
+    discarded = sum(_order.discard(rows) for rows in selected)
     return f"Discarded {discarded} outbox call(s)."
 
 

@@ -1,5 +1,6 @@
 """What ``--stats`` shows of the outbox: each receiver's calls by state and
-the oldest's age, and its failed calls' ids."""
+the oldest's age, its failed calls' ids, and the calls that hold others
+back."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from django.utils.timesince import timesince
 from django_q_signals import _relay
 from django_q_signals.models import OutboxCall
 
-#: The most failed calls ``--stats`` names per receiver.
+#: The most failed calls, or calls holding others back, ``--stats`` names
+#: per receiver.
 _FAILED_NAMED = 10
 
 
@@ -61,4 +63,35 @@ def failed_calls() -> dict[str, str]:
     return {
         name: ", ".join(ids) + (f" and {more[name]} more" if more[name] else "")
         for name, ids in named.items()
+    }
+
+
+def holding_back() -> dict[str, str]:
+    """Per receiver name (``ordered`` ones): the calls its waiting calls wait
+    for, the earliest of their row, as ``ALIAS:ID (state)`` with how many
+    wait behind each."""
+    named: dict[str, list[str]] = defaultdict(list)
+    more: Counter[str] = Counter()
+    for alias in _relay.aliases():
+        calls = OutboxCall.objects.using(alias)
+        waiting = calls.filter(state=OutboxCall.State.WAITING)
+        rows = waiting.values("receiver", "model", "object_pk").annotate(n=Count("pk"))
+        for row in rows.order_by("receiver", "model", "object_pk"):
+            name, count = row["receiver"], row["n"]
+            if len(named[name]) >= _FAILED_NAMED:
+                more[name] += 1
+                continue
+            of_row = calls.filter(
+                receiver=name, model=row["model"], object_pk=row["object_pk"]
+            )
+            first = of_row.order_by("pk").values_list("pk", "state").first()
+            if first is None or first[1] == OutboxCall.State.WAITING:
+                continue  # Nothing holds it back: sent at once, or by the relay.
+            pk, state = first
+            behind = f"{count} call{'s' if count > 1 else ''}"
+            named[name].append(f"{alias}:{pk} ({state}) holds back {behind}")
+    return {
+        name: "; ".join(held) + (f"; and {more[name]} more rows" if more[name] else "")
+        for name, held in named.items()
+        if held
     }

@@ -74,6 +74,8 @@ class Listing:
             self._line("outbox", numbers.outbox.get(receiver.name, "empty"))
         if receiver.name in numbers.failed:
             self._line("failed calls", numbers.failed[receiver.name], self._style.ERROR)
+        if receiver.name in numbers.held_back:
+            self._line("waiting for", numbers.held_back[receiver.name])
 
     def _line(
         self, label: str, value: str, style: Callable[[str], str] | None = None
@@ -89,6 +91,7 @@ class _Stats:
         with_outbox = any(receiver.uses_outbox for receiver in receivers)
         self.outbox = outbox_stats.counts() if with_outbox else {}
         self.failed = outbox_stats.failed_calls() if with_outbox else {}
+        self.held_back = outbox_stats.holding_back() if with_outbox else {}
 
 
 def _sender(sender: Any) -> str:
