@@ -19,7 +19,7 @@ from django.utils import timezone
 from django_q_signals import _conf, _outbox, _relay, async_receiver, pending
 from django_q_signals._registry import Receiver, all_receivers
 from django_q_signals.models import OutboxCall
-from tests.conftest import Connect, _broker_packs, path, purge, rolled_back
+from tests.conftest import Connect, _broker_packs, custom, path, purge, rolled_back
 from tests.models import Article
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
@@ -413,3 +413,48 @@ def test_the_admin_shows_which_call_a_waiting_one_waits_for_and_discards(
     run_all()
     assert seen == ["v2"]
     assert not OutboxCall.objects.exists()
+
+
+def test_calls_without_a_row_do_not_wait(connect: Connect[Any]) -> None:
+    read: list[int] = []
+
+    @connect(custom, outbox=True, ordered=True)
+    def tally(n: int, **kwargs: Any) -> None:
+        read.append(n)
+
+    custom.send(sender=None, n=1)
+    custom.send(sender=None, n=2)
+    first, second = take_tasks()
+    run(second)
+    run(first)
+    assert read == [2, 1]
+    call = OutboxCall(receiver=path(tally), model="", object_pk="", pk=10)
+    assert not call.earlier_calls().exists()
+
+
+def test_stats_name_the_first_rows_holding_calls_back(seen: list[str]) -> None:
+    [receiver_name] = [r.name for r in all_receivers() if r.func.__name__ == "index"]
+
+    def call(pk: int, state: str) -> OutboxCall:
+        return OutboxCall(
+            receiver=receiver_name,
+            model="tests.Article",
+            object_pk=str(pk),
+            state=state,
+            payload=b"",
+        )
+
+    OutboxCall.objects.bulk_create(
+        call(pk, state)
+        for pk in range(1, 13)
+        for state in (State.RUNNING, State.WAITING)
+    )
+    # A row whose waiting call nothing holds back any more: the relay sends it.
+    call(0, State.WAITING).save()
+    out = io.StringIO()
+    call_command("qsignals", "--stats", stdout=out)
+    [line] = [line for line in out.getvalue().splitlines() if "waiting for:" in line]
+    first = OutboxCall.objects.order_by("pk")[0]
+    assert f"waiting for:   default:{first.pk} (running) holds back 1 call;" in line
+    assert line.count("holds back") == 10
+    assert line.endswith("; and 2 more rows")

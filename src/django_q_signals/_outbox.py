@@ -280,8 +280,9 @@ def _earlier_call_sql(connection: Any) -> str:
     )
 
 
-def _held_back_by_earlier(alias: str, ids: list[int]) -> list[int]:
-    """Of the rows ``ids``, those an earlier call of their row holds back."""
+def _held_back_by_earlier(alias: str, ids: list[int]) -> list[int]:  # pragma: no cover
+    """Of the rows ``ids``, those an earlier call of their row holds back
+    (MySQL, whose UPDATE cannot read its own table)."""
     from django_q_signals.models import OutboxCall
 
     return [
