@@ -150,6 +150,7 @@ def _insert(
             "attempts": 0,
             "error": "",
             "claim": "",
+            "progress_note": "",
         }
         names = ["receiver", "model", "object_pk", "payload", "created", *constants]
         quote = connection.ops.quote_name
@@ -240,7 +241,8 @@ def _claim(
         for chunk in chunks(ids):
             cursor.execute(
                 f"UPDATE {table} SET {state} = %s, {due} = %s, {column('claim')} = %s, "
-                f"{attempts} = {attempts} + 1 "
+                f"{attempts} = {attempts} + 1, {column('progress_done')} = NULL, "
+                f"{column('progress_total')} = NULL, {column('progress_note')} = '' "
                 f"WHERE {column('id')} IN ({_marks(chunk)}) AND {claimable}",
                 [
                     OutboxCall.State.RUNNING.value,

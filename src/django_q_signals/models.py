@@ -151,6 +151,13 @@ class OutboxCall(models.Model):
         "again, if it has retries left.",
     )
     claim = models.CharField(max_length=32, blank=True)
+    progress_done = models.FloatField(
+        null=True, blank=True, help_text="How far its handler is, as it said."
+    )
+    progress_total = models.FloatField(
+        null=True, blank=True, help_text="Out of how much, if it said."
+    )
+    progress_note = models.CharField(max_length=200, blank=True)
 
     objects = OutboxCallQuerySet.as_manager()
 
@@ -170,6 +177,16 @@ class OutboxCall(models.Model):
     def __str__(self) -> str:
         row = f" {self.model} pk={self.object_pk}" if self.model else ""
         return f"{self.receiver}({row.strip()}) {self.state}"
+
+    @property
+    def progress(self) -> str:
+        """How far its handler is, for people: ``"40%"`` (of a total) or
+        ``"12"``, with the note if any; empty if it has not said."""
+        done, total = self.progress_done, self.progress_total
+        if done is None:
+            return self.progress_note
+        shown = f"{done / total:.0%}" if total else f"{done:g}"
+        return f"{shown} {self.progress_note}".strip()
 
     @property
     def row(self) -> tuple[str, str] | None:

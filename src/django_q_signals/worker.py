@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from asgiref.sync import async_to_sync
 from django.core.exceptions import SynchronousOnlyOperation
 
-from django_q_signals import _order, _send
+from django_q_signals import _order, _progress, _send
 from django_q_signals._outbox import Claim, Ref
 from django_q_signals._payload import (
     Arguments,
@@ -48,7 +48,7 @@ def run_call(payload: Any, outbox: Ref | None = None) -> Any:
                 arguments = open_call(read_payload.body, receiver, read_payload.alias)
             except ValueError as exc:
                 raise ValueError(f"A call to {receiver.name} failed: {exc}") from exc
-            with limit.handler():
+            with limit.handler(), _progress.reporting(claim, outbox):
                 result = _run_handler(receiver, arguments, Rows(receiver, [arguments]))
         except BaseException as exc:
             if claim and _is_failure(exc):
@@ -167,7 +167,7 @@ class _Batch:
 
     def _run_one(self, call: _Opened, rows: Rows, limit: TimeLimit) -> None:
         try:
-            with limit.handler():
+            with limit.handler(), _progress.reporting(self.claim, call.ref):
                 _run_handler(self.receiver, call.arguments, rows)
         except Exception as exc:
             logger.exception(
