@@ -22,6 +22,7 @@ class IdleRowRequiredMixin:
     functions, or their dotted paths).
     """
 
+    #: The handlers whose calls count (functions or dotted paths); None: all.
     idle_row_handlers: list[Callable[..., Any] | str] | None = None
 
     object: Any
