@@ -172,6 +172,49 @@ class Delivery(models.Model):
     backend = models.IntegerField(null=True)
 
 
+class Versioned(models.Model):
+    """Per-row order tests: each commit bumps a row's ``version``."""
+
+    version = models.IntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class Sheet(Versioned):
+    """An ``ordered`` outbox receiver and the same one without ``ordered``
+    listen to it."""
+
+
+class Latest(Versioned):
+    """A ``supersede`` outbox receiver and a ``supersede`` and ``ordered``
+    one listen to it."""
+
+
+class Blocked(Versioned):
+    """An ``ordered`` outbox receiver with one retry, one of whose calls
+    always fails."""
+
+
+class Run(models.Model):
+    """One run of a per-row order test's handler: what it read, and when.
+
+    ``start`` and ``end`` are ``time.time()`` in the worker: every process
+    of a test runs on one machine.
+    """
+
+    receiver = models.CharField(max_length=50)
+    row = models.IntegerField()
+    # The row's version the handler was given, as loaded by the worker.
+    read = models.IntegerField()
+    # The version the commit that wrote the call saved (0: the row's creation).
+    written = models.IntegerField()
+    cluster = models.CharField(max_length=20, default="")
+    start = models.FloatField()
+    # None: the run never ended (its process was killed).
+    end = models.FloatField(null=True)
+
+
 class ProxyArticle(Article):
     class Meta:
         proxy = True

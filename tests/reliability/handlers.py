@@ -20,11 +20,16 @@ from django_q_signals import async_receiver
 from tests.models import (
     BatchedChore,
     BatchedErrand,
+    Blocked,
     Chore,
     Crate,
     Delivery,
     Errand,
+    Latest,
     Parcel,
+    Run,
+    Sheet,
+    Versioned,
 )
 
 
@@ -197,3 +202,93 @@ def outbox_overrun(job: str, **kwargs: Any) -> None:
 @async_receiver(overrun_job, outbox=True, retries=1, batch=True, q_options=_limited)
 def batched_outbox_overrun(job: str, **kwargs: Any) -> None:
     do_overrun("batched_outbox_overrun", job)
+
+
+# The per-row order tests: each commit bumps a row's version, and each run
+# records the version it read, the version its call's commit wrote, and when
+# it started and ended.
+
+#: Seconds a run of the load's handlers takes.
+LOAD_RUN = 0.01
+#: Seconds a run of the supersede handlers takes.
+LATEST_RUN = 0.05
+#: The version whose call always fails (Blocked).
+POISON = 2
+
+
+def record_run(
+    receiver: str,
+    instance: Versioned | None,
+    previous: dict[str, Any],
+    seconds: float,
+) -> Run:
+    assert instance is not None
+    before = previous["version"]  # None: the row was created
+    start = time.time()
+    run = Run.objects.create(
+        receiver=receiver,
+        row=instance.pk,
+        read=instance.version,
+        written=0 if before is None else before + 1,
+        cluster=os.environ.get("QSIGNALS_CLUSTER", ""),
+        start=start,
+    )
+    time.sleep(seconds)
+    run.end = time.time()
+    Run.objects.filter(pk=run.pk).update(end=run.end)
+    return run
+
+
+@async_receiver(
+    post_save, sender=Sheet, outbox=True, ordered=True, previous=["version"]
+)
+def sheet_in_order(
+    instance: Sheet | None, previous: dict[str, Any], **kwargs: Any
+) -> None:
+    record_run("ordered", instance, previous, LOAD_RUN)
+
+
+@async_receiver(post_save, sender=Sheet, outbox=True, previous=["version"])
+def sheet_in_any_order(
+    instance: Sheet | None, previous: dict[str, Any], **kwargs: Any
+) -> None:
+    record_run("unordered", instance, previous, LOAD_RUN)
+
+
+@async_receiver(
+    post_save, sender=Latest, outbox=True, supersede=True, previous=["version"]
+)
+def latest_only(
+    instance: Latest | None, previous: dict[str, Any], **kwargs: Any
+) -> None:
+    record_run("supersede", instance, previous, LATEST_RUN)
+
+
+@async_receiver(
+    post_save,
+    sender=Latest,
+    outbox=True,
+    supersede=True,
+    ordered=True,
+    previous=["version"],
+)
+def latest_only_in_order(
+    instance: Latest | None, previous: dict[str, Any], **kwargs: Any
+) -> None:
+    record_run("supersede_ordered", instance, previous, LATEST_RUN)
+
+
+@async_receiver(
+    post_save,
+    sender=Blocked,
+    outbox=True,
+    ordered=True,
+    retries=1,
+    previous=["version"],
+)
+def blocked_saved(
+    instance: Blocked | None, previous: dict[str, Any], **kwargs: Any
+) -> None:
+    run = record_run("blocked", instance, previous, LOAD_RUN)
+    if run.written == POISON:
+        raise ValueError(f"version {POISON} is refused, however often it is tried")
