@@ -278,7 +278,7 @@ def types(session: nox.Session) -> None:
     session.install("-e", ".", "django-stubs[compatible-mypy]", *TEST_DEPS)
     # django-stubs' plugin imports tests.settings: without the service URLs
     # it configures SQLite only, so no other database driver is needed to read it.
-    no_services = {name: "" for name in ALL_VARIABLES}
+    no_services = dict.fromkeys(ALL_VARIABLES, "")
     session.run("mypy", "src", "tests", env=no_services)
 
 
