@@ -293,11 +293,11 @@ def demo(session: nox.Session) -> None:
 def chart(session: nox.Session) -> None:
     """Draw the performance page's headline chart from its tables (bench/chart.py)."""
     session.install("matplotlib")
-    session.run("python", "bench/chart.py", *session.posargs)
+    session.run("python", "-m", "bench.chart", *session.posargs)
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """The benchmark in bench/: prints a table, writes a chart to bench/results/."""
     session.install(".", "matplotlib", "redis", "psycopg[binary]")
-    session.run("python", "bench/run.py", *session.posargs)
+    session.run("python", "-m", "bench.run", *session.posargs)

@@ -18,9 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from run import MODES
+from bench.modes import MODES, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "performance.md"
 OUTPUT = ROOT / "docs" / "_static" / "performance-headline.svg"
 #: The size whose every mode ran end to end.
@@ -98,21 +97,9 @@ def headline(rows: list[dict[str, Any]], path: Path) -> None:
         ("request path per save (µs)", "per_save_us", "{:,.0f}"),
         (f"end to end, {N:,} saves (s)", "end_to_end_s", "{:.2f}"),
     )
-    width = 0.8 / len(SHOWN)
     for ax, (title, key, fmt) in zip(axes, panels, strict=True):
-        for i, (mode, label) in enumerate(SHOWN.items()):
-            xs, heights = [], []
-            for b, backend in enumerate(backends):
-                value = by[(backend, N, mode)][key]
-                xs.append(b + (i - (len(SHOWN) - 1) / 2) * width)
-                heights.append(value)
-            bars = ax.bar(xs, heights, width * 0.92, label=label, color=COLOURS[mode])
-            ax.bar_label(bars, [fmt.format(h) for h in heights], fontsize=8, padding=2)
-        ax.set_title(title, fontsize=10)
-        ax.set_xticks(range(len(backends)), backends)
-        ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
-        ax.spines[["top", "right"]].set_visible(False)
-        ax.tick_params(axis="y", labelsize=8)
+        values = {mode: [by[(b, N, mode)][key] for b in backends] for mode in SHOWN}
+        bar_panel(ax, title, backends, values, fmt)
     axes[0].legend(fontsize=8, frameon=False, loc="upper right")
     fig.suptitle(
         "Lower is better: each save updates its row in a handler, "
@@ -124,6 +111,23 @@ def headline(rows: list[dict[str, Any]], path: Path) -> None:
     # A fixed date and no random ids: the same figures give the same file.
     fig.savefig(path, metadata={"Date": None}, facecolor="white")
     plt.close(fig)
+
+
+def bar_panel(
+    ax: Any, title: str, backends: list[str], values: dict[str, list[float]], fmt: str
+) -> None:
+    """A group of bars a backend, a bar a mode: ``values`` holds each mode's
+    value on each backend, written above its bar with ``fmt``."""
+    width = 0.8 / len(values)
+    for i, (mode, heights) in enumerate(values.items()):
+        xs = [b + (i - (len(values) - 1) / 2) * width for b in range(len(backends))]
+        bars = ax.bar(xs, heights, width * 0.92, label=SHOWN[mode], color=COLOURS[mode])
+        ax.bar_label(bars, [fmt.format(h) for h in heights], fontsize=8, padding=2)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks(range(len(backends)), backends)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.tick_params(axis="y", labelsize=8)
 
 
 def main() -> None:

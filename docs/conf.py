@@ -49,6 +49,7 @@ autodoc_typehints = "signature"
 nitpick_ignore = [("py:class", "Model"), ("py:class", "QuerySet")]
 nitpick_ignore_regex = [
     ("py:class", r"collections\.abc\..*"),
+    ("py:class", r"datetime\..*"),
     ("py:class", r"django\..*"),
     ("py:class", r"django_q\..*"),
     ("py:class", r"django_q_signals\._decorator\.Handler"),

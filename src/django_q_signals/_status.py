@@ -17,8 +17,6 @@ if TYPE_CHECKING:
 
     from django_q_signals.models import OutboxCall
 
-Handler = Callable[..., Any] | str | None
-
 #: Seconds between two looks at the outbox while waiting.
 POLL = 0.2
 
@@ -45,7 +43,9 @@ def _described(call: OutboxCall) -> str:
     return f"{handler} ({shown})"
 
 
-def ensure_idle(instance: Model, handler: Handler = None) -> None:
+def ensure_idle(
+    instance: Model, handler: Callable[..., Any] | str | None = None
+) -> None:
     """Raise ``RowBusy`` if outbox calls for ``instance``'s row (of
     ``handler``, if given) are still to run."""
     calls = list(pending(instance, handler).order_by("pk"))
@@ -53,7 +53,11 @@ def ensure_idle(instance: Model, handler: Handler = None) -> None:
         raise RowBusy(instance, calls)
 
 
-def wait(instance: Model, handler: Handler = None, timeout: float = 10) -> bool:
+def wait(
+    instance: Model,
+    handler: Callable[..., Any] | str | None = None,
+    timeout: float = 10,
+) -> bool:
     """Wait until no outbox call for ``instance``'s row (of ``handler``, if
     given) is still to run: True, or False once ``timeout`` seconds passed."""
     deadline = time.monotonic() + timeout
@@ -66,7 +70,9 @@ def wait(instance: Model, handler: Handler = None, timeout: float = 10) -> bool:
 
 
 async def await_idle(
-    instance: Model, handler: Handler = None, timeout: float = 10
+    instance: Model,
+    handler: Callable[..., Any] | str | None = None,
+    timeout: float = 10,
 ) -> bool:
     """``wait()`` for async code: ``await await_idle(instance)``."""
     deadline = time.monotonic() + timeout
@@ -78,5 +84,5 @@ async def await_idle(
     return True
 
 
-def _is_busy(instance: Model, handler: Handler) -> bool:
+def _is_busy(instance: Model, handler: Callable[..., Any] | str | None) -> bool:
     return pending(instance, handler).exists()

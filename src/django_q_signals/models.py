@@ -51,6 +51,7 @@ class OutboxCallQuerySet(models.QuerySet["OutboxCall"]):
         return self.filter(state=OutboxCall.State.SENT, sent__lte=sent_before)
 
     def failed(self) -> OutboxCallQuerySet:
+        """Calls whose handler raised, with a retry to come or not."""
         return self.filter(state=OutboxCall.State.FAILED)
 
     def of_handler(self, handler: Callable[..., Any] | str) -> OutboxCallQuerySet:

@@ -1,0 +1,31 @@
+"""What the benchmark measures: the modes, the --previous cases, and where a
+run writes its results."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+# mode: (model, label, saves per row)
+MODES = {
+    "floor": ("FloorItem", "no receiver (floor)", 1),
+    "inline": ("InlineItem", "the work in the request, after the commit", 1),
+    "manual": ("ManualItem", "@receiver + on_commit(async_task)", 1),
+    "default": ("DefaultItem", "async_receiver()", 1),
+    "batch": ("BatchItem", "batch=True", 1),
+    "coalesce": ("CoalesceItem", "batch=True, coalesce=True (3 saves a row)", 3),
+    "outbox": ("OutboxItem", "outbox=True", 1),
+    "outbox_batch": ("OutboxBatchItem", "outbox=True, batch=True", 1),
+}
+#: A task per save: end to end only up to --e2e-max saves.
+UNBATCHED = {"manual", "default", "outbox"}
+#: Done when the request is: nothing is queued.
+QUEUELESS = {"floor", "inline"}
+#: Measured to compare the others' end to end with: up to --e2e-max saves.
+REFERENCES = {"inline", "manual"}
+#: --previous: what is timed, with and without previous=.
+PREVIOUS_CASES = {
+    "create": "create",
+    "loaded": "update, instance loaded from the database",
+    "by_hand": "update, instance built by hand with its pk",
+    "load": "load a row (no signal)",
+}
