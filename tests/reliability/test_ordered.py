@@ -258,9 +258,9 @@ def test_ordered_runs_of_a_row_never_overlap_and_follow_the_commits(
 
 
 def kill_inside_a_handler(worker: Worker, cluster: str) -> float:
-    """SIGKILL ``worker``'s processes as soon as one of its runs has started
-    and not ended; when."""
-    unfinished = Run.objects.filter(cluster=cluster, end=None)
+    """SIGKILL ``worker``'s processes as soon as one of its runs of the
+    ordered handler has started and not ended; when."""
+    unfinished = Run.objects.filter(receiver="ordered", cluster=cluster, end=None)
     deadline = time.monotonic() + 60
     while not unfinished.exists():
         if time.monotonic() > deadline:
@@ -292,16 +292,17 @@ def test_ordered_runs_keep_their_order_when_a_cluster_is_killed(
         stop(running)
     ordered = check("ordered", commits, killed_at)
     unordered = check("unordered", commits, killed_at)
-    cut = Run.objects.filter(end=None)
+    cut = Counter(Run.objects.filter(end=None).values_list("receiver", "cluster"))
     report(
         capsys,
         f"{KILLED_COMMITS} commits to {ROWS} rows, a cluster SIGKILLed after "
-        f"{before} runs, {cut.count()} of them inside the handler, and started "
-        f"again: all run {waited:.1f} s after the last commit",
+        f"{before} runs, inside {cut['ordered', '1']} run(s) of the ordered "
+        f"handler and {cut['unordered', '1']} of the other, and started again: "
+        f"all run {waited:.1f} s after the last commit",
     )
     report(capsys, f"ordered: {ordered.line()}")
     report(capsys, f"without ordered: {unordered.line()}")
-    assert set(cut.values_list("cluster", flat=True)) <= {"1"}
+    assert {cluster for _, cluster in cut} <= {"1"}
     assert_in_order(ordered)
     assert unordered.lost == unordered.missing == 0
 
