@@ -15,7 +15,7 @@ import random
 import signal as signals
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from django_q_signals import _relay
 from django_q_signals.models import OutboxCall
 from tests.conftest import Worker, path
 from tests.models import Blocked, Latest, Run, Sheet, Versioned
-from tests.reliability.handlers import POISON, blocked_saved
+from tests.reliability.handlers import LOAD_RUN, POISON, blocked_saved
 from tests.reliability.test_outbox import RELAY_AFTER, stop, workers
 
 pytestmark = [
@@ -89,6 +89,8 @@ class Commits:
     last: dict[int, int] = field(default_factory=dict)
     last_began: dict[int, float] = field(default_factory=dict)
     seconds: float = 0.0
+    #: The commits that bumped a version.
+    count: int = 0
 
 
 def created(model: type[Versioned], count: int, done: Commits) -> list[Versioned]:
@@ -101,10 +103,15 @@ def created(model: type[Versioned], count: int, done: Commits) -> list[Versioned
     return rows
 
 
-def bump(rows: list[Versioned], commits: int, done: Commits, seed: int = 0) -> None:
+def bump(
+    rows: list[Versioned],
+    commits: int,
+    done: Commits,
+    pick: random.Random | None = None,
+) -> None:
     """``commits`` commits, one after the other, each bumping the version of
     one of ``rows`` picked at random."""
-    pick = random.Random(seed)
+    pick = pick or random.Random(0)
     started = time.monotonic()
     for _ in range(commits):
         row = pick.choice(rows)
@@ -112,6 +119,7 @@ def bump(rows: list[Versioned], commits: int, done: Commits, seed: int = 0) -> N
         done.last_began[row.pk] = time.time()
         row.save(update_fields=["version"])
         done.last[row.pk] = row.version
+        done.count += 1
     done.seconds += time.monotonic() - started
 
 
@@ -250,21 +258,30 @@ def test_ordered_runs_of_a_row_never_overlap_and_follow_the_commits(
     report(capsys, f"without ordered: {unordered.line()}")
     assert ordered.runs == unordered.runs == COMMITS + ROWS
     assert_in_order(ordered)
+    # Without ordered, runs of a row overlap where the workers lag behind
+    # the commits: printed, not asserted, as on a slow machine they keep up.
     assert unordered.lost == unordered.missing == 0
-    assert unordered.overlapping > 0
 
 
 # The same, with a cluster killed while it runs a handler.
 
 
-def kill_inside_a_handler(worker: Worker, cluster: str) -> float:
-    """SIGKILL ``worker``'s processes as soon as one of its runs of the
-    ordered handler has started and not ended; when."""
+def kill_inside_a_handler(
+    worker: Worker, cluster: str, commit: Callable[[], None]
+) -> float:
+    """Commit, one commit at a time, until one of ``worker``'s runs of the
+    ordered handler has started and not ended; then SIGKILL its processes.
+    When."""
     unfinished = Run.objects.filter(receiver="ordered", cluster=cluster, end=None)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while not unfinished.exists():
         if time.monotonic() > deadline:
             pytest.fail(f"no run of cluster #{cluster}:\n{worker.log.read_text()}")
+        commit()
+        # The call may be running now: a handler run lasts LOAD_RUN.
+        watching = time.monotonic() + 2 * LOAD_RUN
+        while time.monotonic() < watching and not unfinished.exists():
+            pass
     os.killpg(worker.process.pid, signals.SIGKILL)
     worker.process.wait()
     return time.time()
@@ -281,11 +298,14 @@ def test_ordered_runs_keep_their_order_when_a_cluster_is_killed(
     try:
         clusters_up(running)
         rows = created(Sheet, ROWS, commits)
-        bump(rows, KILLED_COMMITS // 2, commits)
-        killed_at = kill_inside_a_handler(killed, "1")
+        pick = random.Random(0)
+        bump(rows, KILLED_COMMITS // 2, commits, pick)
+        killed_at = kill_inside_a_handler(
+            killed, "1", lambda: bump(rows, 1, commits, pick)
+        )
         before = Run.objects.count()
         running[0] = Worker(tmp_path / "restarted.log", QSIGNALS_CLUSTER="3", **env)
-        bump(rows, KILLED_COMMITS - KILLED_COMMITS // 2, commits, seed=1)
+        bump(rows, max(0, KILLED_COMMITS - commits.count), commits, pick)
         waited, _ = settle(running, Sheet, relay=True)
     finally:
         killed.stop()
@@ -295,7 +315,7 @@ def test_ordered_runs_keep_their_order_when_a_cluster_is_killed(
     cut = Counter(Run.objects.filter(end=None).values_list("receiver", "cluster"))
     report(
         capsys,
-        f"{KILLED_COMMITS} commits to {ROWS} rows, a cluster SIGKILLed after "
+        f"{commits.count} commits to {ROWS} rows, a cluster SIGKILLed after "
         f"{before} runs, inside {cut['ordered', '1']} run(s) of the ordered "
         f"handler and {cut['unordered', '1']} of the other, and started again: "
         f"all run {waited:.1f} s after the last commit",
