@@ -24,7 +24,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import Signal
 from django.test import override_settings
 
-from django_q_signals import _registry
+from django_q_signals import _brokers, _registry
 from django_q_signals._cli import outbox_stats
 from django_q_signals._send import BATCH_TASK, TASK
 from django_q_signals.worker import run_call
@@ -587,7 +587,8 @@ def test_stats_take_one_query_and_one_per_receiver_with_failures(
     save_task(path(failing_too), success=False, result=failure("no"))
     save_task(path(succeeding), success=True)
 
-    with django_assert_num_queries(3):
+    # And, on the ORM broker, one for the tasks waiting in its queue.
+    with django_assert_num_queries(4 if _brokers.is_orm(None) else 3):
         qsignals("--stats")
 
 
@@ -914,3 +915,87 @@ def test_discard_deletes_failed_calls_unless_told_otherwise() -> None:
     assert qsignals("discard") == "Discarded 2 outbox call(s).\n"
     assert list(OutboxCall.objects.values_list("state", flat=True)) == ["sent"]
     assert qsignals("discard", "--state", "any") == "Discarded 1 outbox call(s).\n"
+
+
+def django_q2_block(output: str) -> dict[str, str]:
+    """The ``label: value`` lines of ``--stats``' Django Q2 block."""
+    block = output.split("\nDjango Q2\n", 1)[1].split("\n\n", 1)[0]
+    lines = [line.strip() for line in block.splitlines()]
+    pairs = (line.partition(": ") for line in lines)
+    return {label: value.strip() for label, _, value in pairs}
+
+
+@pytest.mark.django_db(databases=["default", "other"])
+def test_stats_count_the_tasks_waiting_on_the_broker(connect: Connect[Any]) -> None:
+    @connect(custom, on_commit=False)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    custom.send(sender=None, n=1)
+    custom.send(sender=None, n=2)
+    said = django_q2_block(qsignals("--stats"))
+    assert said["queue 'tests'"] == "2 tasks waiting"
+    if _brokers.is_orm(None):
+        # The ORM broker keeps clusters' status in Django's cache, here the
+        # test process's own.
+        assert said["clusters"].startswith("not known here")
+
+
+@pytest.mark.django_db(databases=["default", "other"])
+def test_stats_warn_when_tasks_wait_and_no_cluster_runs(
+    connect: Connect[Any], tmp_path: Path
+) -> None:
+    @connect(custom, on_commit=False)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    custom.send(sender=None, n=1)
+    shared = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(tmp_path / "cache"),
+        }
+    }
+    with override_settings(CACHES=shared):
+        said = django_q2_block(qsignals("--stats"))
+    assert said["queue 'tests'"] == "1 tasks waiting"
+    assert said["clusters"] == "none running"
+    assert said["WARNING"] == (
+        "1 tasks wait on the broker and no qcluster runs them: start one with "
+        "`python manage.py qcluster`."
+    )
+
+
+@pytest.mark.django_db(databases=["default", "other"])
+def test_stats_do_not_hide_a_broker_that_does_not_answer(
+    connect: Connect[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    class Unanswering:
+        def enqueue(self, task: str) -> None:
+            raise AssertionError("nothing is queued here")
+
+        def queue_size(self) -> int:
+            raise ConnectionError("no answer")
+
+    @connect(custom, q_options={"broker": Unanswering()})
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    said = django_q2_block(qsignals("--stats"))
+    assert said["queue Unanswering"] == "not known"
+    assert "could not ask the broker how full it is" in caplog.text
+
+
+@pytest.mark.services
+@pytest.mark.redis
+@pytest.mark.worker
+def test_stats_name_the_running_cluster(worker: Worker, connect: Connect[Any]) -> None:
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    def running() -> str:
+        return django_q2_block(qsignals("--stats"))["clusters"]
+
+    worker.wait_for(lambda: running() != "none running")
+    assert "(2 workers, " in running()

@@ -145,29 +145,7 @@ def _insert(
         row.save(using=alias)
         return int(row.pk)
     if alias not in _inserts:
-        constants = {
-            "state": OutboxCall.State.QUEUED.value,
-            "attempts": 0,
-            "error": "",
-            "claim": "",
-            "progress_note": "",
-        }
-        names = ["receiver", "model", "object_pk", "payload", "created", *constants]
-        quote = connection.ops.quote_name
-        sql = (
-            f"INSERT INTO {quote(OutboxCall._meta.db_table)} "
-            f"({', '.join(quote(_column(OutboxCall, name)) for name in names)}) "
-            f"VALUES ({', '.join(['%s'] * len(names))})"
-        )
-        # PostgreSQL's cursors give no lastrowid; SQLite's and MySQL's do.
-        returning = connection.vendor == "postgresql"
-        if returning:
-            sql += f" RETURNING {quote(_column(OutboxCall, 'id'))}"
-        prepared = [
-            _field(OutboxCall, name).get_db_prep_save(value, connection)
-            for name, value in constants.items()
-        ]
-        _inserts[alias] = sql, returning, prepared
+        _inserts[alias] = _insert_statement(connection)
     sql, returning, constant_values = _inserts[alias]
     # What BinaryField and DateTimeField would give the database, directly.
     params = [
@@ -183,6 +161,36 @@ def _insert(
         if returning:
             return int(cursor.fetchone()[0])
         return int(cursor.lastrowid)
+
+
+def _insert_statement(connection: Any) -> tuple[str, bool, list[Any]]:
+    """The INSERT of an outbox row on ``connection``, whether it returns the
+    pk, and the values of its constant columns, ready for the database."""
+    from django_q_signals.models import OutboxCall
+
+    constants = {
+        "state": OutboxCall.State.QUEUED.value,
+        "attempts": 0,
+        "error": "",
+        "claim": "",
+        "progress_note": "",
+    }
+    names = ["receiver", "model", "object_pk", "payload", "created", *constants]
+    quote = connection.ops.quote_name
+    sql = (
+        f"INSERT INTO {quote(OutboxCall._meta.db_table)} "
+        f"({', '.join(quote(_column(OutboxCall, name)) for name in names)}) "
+        f"VALUES ({', '.join(['%s'] * len(names))})"
+    )
+    # PostgreSQL's cursors give no lastrowid; SQLite's and MySQL's do.
+    returning = connection.vendor == "postgresql"
+    if returning:
+        sql += f" RETURNING {quote(_column(OutboxCall, 'id'))}"
+    prepared = [
+        _field(OutboxCall, name).get_db_prep_save(value, connection)
+        for name, value in constants.items()
+    ]
+    return sql, returning, prepared
 
 
 def _field(model: type[Model], name: str) -> Field[Any, Any]:
@@ -224,36 +232,17 @@ def _claim(
     from django_q_signals.models import OutboxCall
 
     connection = connections[alias]
-    table, column = _names(connection)
-    state, due, attempts = column("state"), column("due"), column("attempts")
-    at_once, when_due = OutboxCall.CLAIMABLE, OutboxCall.CLAIMABLE_WHEN_DUE
-    claimable = (
-        f"({state} IN ({_marks(at_once)}) "
-        f"OR ({state} IN ({_marks(when_due)}) AND {due} <= %s))"
-    )
-    if in_order and connection.features.update_can_self_select:
-        claimable += f" AND NOT EXISTS ({_earlier_call_sql(connection)})"
-    elif in_order:  # pragma: no cover (MySQL; MariaDB can self-select)
+    can_read_itself = connection.features.update_can_self_select
+    if in_order and not can_read_itself:  # pragma: no cover (MySQL; MariaDB can)
+        # Its UPDATE cannot read its own table: the waiting ones first.
         ids = sorted(set(ids) - set(_held_back_by_earlier(alias, ids)))
+        in_order = False
     when = connection.ops.adapt_datetimefield_value
     claimed = 0
     with connection.cursor() as cursor:
         for chunk in chunks(ids):
-            cursor.execute(
-                f"UPDATE {table} SET {state} = %s, {due} = %s, {column('claim')} = %s, "
-                f"{attempts} = {attempts} + 1, {column('progress_done')} = NULL, "
-                f"{column('progress_total')} = NULL, {column('progress_note')} = '' "
-                f"WHERE {column('id')} IN ({_marks(chunk)}) AND {claimable}",
-                [
-                    OutboxCall.State.RUNNING.value,
-                    when(until),
-                    token,
-                    *chunk,
-                    *(state.value for state in at_once),
-                    *(state.value for state in when_due),
-                    when(now),
-                ],
-            )
+            sql, params = _claim_statement(connection, len(chunk), in_order=in_order)
+            cursor.execute(sql, [when(until), token, *chunk, *params, when(now)])
             claimed += cursor.rowcount
     if claimed == len(ids):
         return ids
@@ -264,6 +253,33 @@ def _claim(
         for chunk in chunks(ids)
         for pk in ours.filter(pk__in=chunk).values_list("pk", flat=True)
     ]
+
+
+def _claim_statement(
+    connection: Any, count: int, *, in_order: bool
+) -> tuple[str, list[str]]:
+    """The UPDATE claiming ``count`` rows, and its parameters between the
+    pks and the time: it takes the claim's end, its token, the pks, those,
+    and the time now."""
+    from django_q_signals.models import OutboxCall
+
+    table, column = _names(connection)
+    state, due, attempts = column("state"), column("due"), column("attempts")
+    at_once, when_due = OutboxCall.CLAIMABLE, OutboxCall.CLAIMABLE_WHEN_DUE
+    claimable = (
+        f"({state} IN ({_marks(at_once)}) "
+        f"OR ({state} IN ({_marks(when_due)}) AND {due} <= %s))"
+    )
+    if in_order:
+        claimable += f" AND NOT EXISTS ({_earlier_call_sql(connection)})"
+    sql = (
+        f"UPDATE {table} SET {state} = '{OutboxCall.State.RUNNING.value}', "
+        f"{due} = %s, {column('claim')} = %s, {attempts} = {attempts} + 1, "
+        f"{column('progress_done')} = NULL, {column('progress_total')} = NULL, "
+        f"{column('progress_note')} = '' "
+        f"WHERE {column('id')} IN ({_marks(['%s'] * count)}) AND {claimable}"
+    )
+    return sql, [state.value for state in (*at_once, *when_due)]
 
 
 def _earlier_call_sql(connection: Any) -> str:

@@ -12,7 +12,7 @@ from django.core.management.color import Style
 from django.db.models.base import ModelBase
 from django.dispatch import Signal
 
-from django_q_signals._cli import outbox_stats
+from django_q_signals._cli import cluster, outbox_stats
 from django_q_signals._cli.results import SavedTasks, require_django_q, save_limit_note
 from django_q_signals._cli.signal_names import signal_names
 from django_q_signals._registry import Receiver, all_receivers
@@ -50,6 +50,7 @@ class Listing:
                 self._stats(receiver, numbers)
             self._out.write("")
         if stats:
+            self._django_q2(receivers)
             self._out.write(save_limit_note())
 
     def _describe(self, receiver: Receiver, names: dict[Signal, str]) -> None:
@@ -77,10 +78,22 @@ class Listing:
         if receiver.name in numbers.held_back:
             self._line("waiting for", numbers.held_back[receiver.name])
 
+    def _django_q2(self, receivers: list[Receiver]) -> None:
+        """The queues the receivers send to, and the clusters running."""
+        said, warning = cluster.lines(receivers)
+        self._out.write("Django Q2", self._style.MIGRATE_LABEL)
+        for label, value in said:
+            self._line(label, value)
+        if warning:
+            self._out.write(f"WARNING: {warning}", self._style.WARNING)
+        self._out.write("")
+
     def _line(
         self, label: str, value: str, style: Callable[[str], str] | None = None
     ) -> None:
-        self._out.write(f"    {label + ':':<{_LABEL_WIDTH}}{value}", style)
+        # Values line up; a label longer than the others still gets a space.
+        head = f"{label}:".ljust(_LABEL_WIDTH - 1)
+        self._out.write(f"    {head} {value}", style)
 
 
 class _Stats:
