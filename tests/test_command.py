@@ -479,7 +479,11 @@ def test_leaves_out_disconnected_receivers(connect: Connect[Any]) -> None:
 def test_says_when_no_receiver_is_connected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_registry, "_registry", {})
 
-    assert qsignals() == "No async receivers are connected.\n"
+    assert qsignals() == (
+        "No async receivers are connected. A receiver is connected when the "
+        "module defining it is imported: import it in your AppConfig.ready(), "
+        "e.g. `from . import signals`.\n"
+    )
 
 
 # --stats
@@ -833,10 +837,58 @@ def test_a_handler_that_names_no_call_is_refused() -> None:
         CommandError,
         match=re.escape(
             "No failed outbox call of the handler 'shop.nobody', on any database: "
-            "nothing was done."
+            "nothing was done. No receiver is named 'shop.nobody': give a "
+            "handler's dotted path or a receiver's name, as manage.py qsignals "
+            "lists them."
         ),
     ):
         qsignals("retry", "--handler", "shop.nobody")
+
+
+@OUTBOX_DATABASES
+@pytest.mark.usefixtures("outbox_calls")
+def test_an_id_that_names_no_call_is_refused_by_retry() -> None:
+    with pytest.raises(
+        CommandError,
+        match=re.escape(
+            "No failed outbox call has the id default:999: nothing was done."
+        ),
+    ):
+        qsignals("retry", "--database", "default", "999")
+
+
+@OUTBOX_DATABASES
+@pytest.mark.usefixtures("outbox_calls")
+def test_a_handler_without_the_outbox_is_refused(connect: Connect[Any]) -> None:
+    @connect(custom)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    with pytest.raises(
+        CommandError,
+        match=re.escape(
+            f"No failed outbox call of the handler '{path(handler)}', on any "
+            "database: nothing was done. It does not use the outbox "
+            "(outbox=True): its calls go to the broker only, and are never kept."
+        ),
+    ):
+        qsignals("discard", "--handler", path(handler))
+
+
+@OUTBOX_DATABASES
+def test_a_handler_with_the_outbox_and_no_calls_is_refused(
+    connect: Connect[Any],
+) -> None:
+    @connect(custom, outbox=True)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    with pytest.raises(CommandError) as error:
+        qsignals("retry", "--handler", path(handler))
+    assert str(error.value) == (
+        f"No failed outbox call of the handler '{path(handler)}', on any "
+        "database: nothing was done."
+    )
 
 
 @OUTBOX_DATABASES
@@ -912,9 +964,11 @@ def test_stats_name_each_receivers_failed_calls_by_database_and_id(
 def test_discard_deletes_failed_calls_unless_told_otherwise() -> None:
     from django_q_signals.models import OutboxCall
 
-    assert qsignals("discard") == "Discarded 2 outbox call(s).\n"
+    assert qsignals("discard", "--no-input") == "Discarded 2 outbox call(s).\n"
     assert list(OutboxCall.objects.values_list("state", flat=True)) == ["sent"]
-    assert qsignals("discard", "--state", "any") == "Discarded 1 outbox call(s).\n"
+    assert qsignals("discard", "--state", "any", "--noinput") == (
+        "Discarded 1 outbox call(s).\n"
+    )
 
 
 def django_q2_block(output: str) -> dict[str, str]:
@@ -999,3 +1053,75 @@ def test_stats_name_the_running_cluster(worker: Worker, connect: Connect[Any]) -
 
     worker.wait_for(lambda: running() != "none running")
     assert "(2 workers, " in running()
+
+
+class Terminal(StringIO):
+    """Answers typed on a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def discard_with(stdin: StringIO, *args: str) -> str:
+    out = StringIO()
+    call_command("qsignals", "discard", *args, stdin=stdin, stdout=out)
+    return out.getvalue()
+
+
+@OUTBOX_DATABASES
+@pytest.mark.usefixtures("outbox_calls")
+@pytest.mark.parametrize("answer", ["y\n", "yes\n", "Y\n"])
+def test_discard_of_every_failed_call_asks_first(answer: str) -> None:
+    from django_q_signals.models import OutboxCall
+
+    assert discard_with(Terminal(answer)) == (
+        "Discard 2 failed outbox calls? [y/N] Discarded 2 outbox call(s).\n"
+    )
+    assert list(OutboxCall.objects.values_list("state", flat=True)) == ["sent"]
+
+
+@OUTBOX_DATABASES
+@pytest.mark.usefixtures("outbox_calls")
+@pytest.mark.parametrize("answer", ["\n", "n\n", "", "whatever\n"])
+def test_discard_does_nothing_unless_the_answer_is_yes(answer: str) -> None:
+    from django_q_signals.models import OutboxCall
+
+    assert discard_with(Terminal(answer), "--state", "any") == (
+        "Discard 3 outbox calls? [y/N] Discard cancelled: nothing was done.\n"
+    )
+    assert OutboxCall.objects.count() == 3
+
+
+@OUTBOX_DATABASES
+@pytest.mark.usefixtures("outbox_calls")
+def test_discard_without_a_terminal_refuses_unless_told_not_to_ask() -> None:
+    from django_q_signals.models import OutboxCall
+
+    with pytest.raises(
+        CommandError,
+        match=re.escape(
+            "Discard 2 failed outbox calls? Nothing was done: there is no terminal "
+            "to answer on. Pass --no-input to discard them without asking."
+        ),
+    ):
+        discard_with(StringIO("y\n"))
+    assert OutboxCall.objects.count() == 3
+
+
+@OUTBOX_DATABASES
+@pytest.mark.usefixtures("outbox_calls")
+def test_discard_asks_nothing_when_it_names_the_calls() -> None:
+    from django_q_signals.models import OutboxCall
+
+    first = OutboxCall.objects.filter(state="failed").order_by("pk")[0]
+    assert discard_with(StringIO(), f"default:{first.pk}") == (
+        "Discarded 1 outbox call(s).\n"
+    )
+    assert discard_with(StringIO(), "--handler", first.receiver) == (
+        "Discarded 1 outbox call(s).\n"
+    )
+
+
+@OUTBOX_DATABASES
+def test_discard_asks_nothing_when_there_is_nothing_to_discard() -> None:
+    assert discard_with(StringIO()) == "Discarded 0 outbox call(s).\n"

@@ -215,6 +215,24 @@ def test_unknown_q_options_are_refused() -> None:
         async_receiver(custom, q_options={"retry": 3})
 
 
+def test_a_misspelt_option_is_refused_with_a_guess() -> None:
+    with pytest.raises(TypeError) as error:
+        async_receiver(post_save, retry=3)  # type: ignore[arg-type]
+    assert str(error.value) == (
+        "Unknown async_receiver() option 'retry' (did you mean 'retries'?); the "
+        "options are sender, weak, dispatch_uid, on_commit, batch, coalesce, "
+        "snapshot, q_options, select_related, prefetch_related, outbox, retries, "
+        "retry_backoff, when, previous, ordered, supersede."
+    )
+
+
+def test_every_unknown_option_is_named() -> None:
+    with pytest.raises(
+        TypeError, match=r"options 'outbx' \(did you mean 'outbox'\?\), 'zzz';"
+    ):
+        async_receiver(post_save, outbx=True, zzz=1)  # type: ignore[arg-type]
+
+
 def test_q_options_must_be_a_dict() -> None:
     with pytest.raises(TypeError, match="q_options must be a dict"):
         async_receiver(custom, q_options=[("group", "x")])  # type: ignore[arg-type]

@@ -406,7 +406,7 @@ def test_the_admin_shows_which_call_a_waiting_one_waits_for_and_discards(
     assert f">{blocker.pk} (sent)</a>" in page
     admin_client.post(
         "/admin/django_q_signals/outboxcall/",
-        {"action": "discard", "_selected_action": [blocker.pk]},
+        {"action": "discard", "_selected_action": [blocker.pk], "post": "yes"},
     )
     # The waiting call went out as its blocker was discarded.
     assert states() == [State.SENT]

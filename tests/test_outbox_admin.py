@@ -11,12 +11,13 @@ import pytest
 from django.contrib.auth.models import User
 from django.db.models.signals import post_save
 from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
 from django_q_signals.models import OutboxCall
 from django_q_signals.worker import run_call
 from tests.conftest import Connect, path, purge, queued_tasks
-from tests.models import Article
+from tests.models import Article, Author
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -108,16 +109,137 @@ def test_send_again_now_leaves_a_running_call(
     assert len(queued_tasks()) == 1
 
 
-def test_discard_deletes_the_calls(
+def test_discard_asks_first_on_a_page_listing_the_calls(
+    staff: Client, failed_calls: list[OutboxCall]
+) -> None:
+    first = failed_calls[0]
+    response = staff.post(
+        CHANGELIST, {"action": "discard", "_selected_action": [first.pk]}
+    )
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Discard the selected outbox calls?" in page
+    assert (
+        f'<a href="{CHANGELIST}{first.pk}/change/">{first.pk}</a>:\n'
+        f"    {escape(first.receiver)} for tests.Article pk={first.object_pk},\n"
+        "    failed after 1 attempt</li>"
+    ) in page
+    assert f'<input type="hidden" name="_selected_action" value="{first.pk}">' in page
+    assert '<input type="hidden" name="post" value="yes">' in page
+    assert OutboxCall.objects.count() == len(failed_calls)
+
+
+def test_discard_deletes_the_calls_once_confirmed(
     staff: Client, failed_calls: list[OutboxCall]
 ) -> None:
     response = staff.post(
         CHANGELIST,
-        {"action": "discard", "_selected_action": [failed_calls[0].pk]},
+        {"action": "discard", "_selected_action": [failed_calls[0].pk], "post": "yes"},
         follow=True,
     )
     assert "Discarded 1 call(s)." in response.content.decode()
     assert list(OutboxCall.objects.values_list("pk", flat=True)) == [failed_calls[1].pk]
+
+
+def test_the_row_links_to_its_change_page_where_the_admin_has_one(
+    staff: Client, failed_calls: list[OutboxCall]
+) -> None:
+    call = failed_calls[0]
+    page = staff.get(CHANGELIST).content.decode()
+    assert (
+        f'<a href="/admin/tests/article/{call.object_pk}/change/">'
+        f"tests.Article pk={call.object_pk}</a>"
+    ) in page
+
+
+@pytest.mark.parametrize(
+    ("model", "object_pk"),
+    [
+        ("tests.Author", "1"),
+        ("gone.Model", "1"),
+        ("tests.Article", "1…sha256:" + "0" * 64),
+        ("tests.Nothing", "1"),
+    ],
+    ids=["not in the admin", "no such app", "a long pk's digest", "no such model"],
+)
+def test_the_row_is_text_where_the_admin_has_no_page(
+    staff: Client, model: str, object_pk: str
+) -> None:
+    OutboxCall.objects.create(receiver="shop.h", model=model, object_pk=object_pk)
+    page = staff.get(CHANGELIST).content.decode()
+    assert f'<td class="field-row">{model} pk={object_pk}</td>' in page
+
+
+def test_the_row_is_text_where_its_admin_has_no_change_page(staff: Client) -> None:
+    from django.contrib import admin
+
+    reverse("admin:index")  # The admin's URLs are made, without Author's.
+    admin.site.register(Author)
+    try:
+        OutboxCall.objects.create(
+            receiver="shop.h", model="tests.Author", object_pk="1"
+        )
+        page = staff.get(CHANGELIST).content.decode()
+    finally:
+        admin.site.unregister(Author)
+    assert '<td class="field-row">tests.Author pk=1</td>' in page
+
+
+def test_a_call_without_a_row_shows_none(staff: Client) -> None:
+    OutboxCall.objects.create(receiver="shop.h")
+    page = staff.get(CHANGELIST).content.decode()
+    assert '<td class="field-row">-</td>' in page
+
+
+@pytest.mark.parametrize(
+    ("age", "shown"),
+    [
+        # A few tenths more: the page is made a moment after the call.
+        (timedelta(seconds=12.2), "12 seconds"),
+        (timedelta(seconds=1.2), "1 second"),
+        (timedelta(minutes=3, seconds=5), "3\xa0minutes"),
+    ],
+)
+def test_the_age_is_in_seconds_under_a_minute(
+    staff: Client, age: timedelta, shown: str
+) -> None:
+    OutboxCall.objects.create(receiver="shop.h", created=timezone.now() - age)
+    page = staff.get(CHANGELIST).content.decode()
+    assert f'<td class="field-age">{shown}</td>' in page
+
+
+@pytest.mark.parametrize(
+    ("state", "due", "shown"),
+    [
+        ("failed", timedelta(minutes=5, seconds=30), "in 5\xa0minutes"),
+        ("failed", timedelta(seconds=-5), "now"),
+        ("failed", None, "out of retries"),
+        ("running", timedelta(minutes=5), "-"),
+        ("sent", None, "-"),
+    ],
+    ids=["retry due later", "retry due now", "out of retries", "running", "sent"],
+)
+def test_the_next_attempt_of_a_failed_call(
+    staff: Client, state: str, due: timedelta | None, shown: str
+) -> None:
+    OutboxCall.objects.create(
+        receiver="shop.h",
+        state=state,
+        due=None if due is None else timezone.now() + due,
+    )
+    page = staff.get(CHANGELIST).content.decode()
+    assert f'<td class="field-next_attempt">{shown}</td>' in page
+
+
+def test_the_last_error_is_shown_whole(staff: Client) -> None:
+    error = "ValueError: " + "a long message " * 20
+    OutboxCall.objects.create(
+        receiver="shop.h",
+        state="failed",
+        error=f"Traceback (most recent call last):\n  File 'x'\n{error}\n",
+    )
+    page = staff.get(CHANGELIST).content.decode()
+    assert f'<td class="field-last_error">{error.strip()}</td>' in page
 
 
 def test_a_call_shows_its_whole_error(

@@ -198,7 +198,7 @@ def test_an_admin_filters_the_outbox_sends_again_and_discards(
     browser.find_element(By.LINK_TEXT, "Failed").click()
     failed = rows()
     assert [row[1] for row in failed] == ["Failed", "Failed"]
-    assert {row[5] for row in failed} == {
+    assert {row[6] for row in failed} == {
         "ValueError: cannot index first",
         "ValueError: cannot index second",
     }
@@ -219,6 +219,9 @@ def test_an_admin_filters_the_outbox_sends_again_and_discards(
     browser.find_element(By.CSS_SELECTOR, "#result_list tbody input").click()
     Select(browser.find_element(By.NAME, "action")).select_by_visible_text("Discard")
     browser.find_element(By.NAME, "index").click()
+    assert "Discard the selected outbox calls?" in browser.page_source
+    screenshot(browser, "outbox-admin-discard")
+    browser.find_element(By.CSS_SELECTOR, "input[value='Yes, discard them']").click()
     assert browser.find_element(By.CSS_SELECTOR, ".messagelist").text == (
         "Discarded 1 call(s)."
     )

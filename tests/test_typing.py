@@ -26,5 +26,12 @@ def test_the_decorator_keeps_the_handlers_type() -> None:
         custom.disconnect(handler)
 
 
+def test_a_misspelt_option_is_a_type_error_too() -> None:
+    if TYPE_CHECKING:
+        # Refused at run time with a guess; mypy flags it first (the ignore
+        # is used, or mypy --strict reports it).
+        async_receiver(custom, retry=3)  # type: ignore[arg-type]
+
+
 def test_the_package_says_it_is_typed() -> None:
     assert files("django_q_signals").joinpath("py.typed").is_file()

@@ -140,7 +140,7 @@ def read() -> tuple[Config, list[str]]:
     problems = []
     for unknown in sorted(set(configured) - set(_SETTING_NAMES), key=str):
         problems.append(
-            f"Unknown settings.Q_SIGNALS key {_with_guess(unknown, _SETTING_NAMES)}; "
+            f"Unknown settings.Q_SIGNALS key {with_guess(unknown, _SETTING_NAMES)}; "
             f"the known ones are {', '.join(sorted(_SETTING_NAMES))}."
         )
     values = {}
@@ -156,7 +156,7 @@ def read() -> tuple[Config, list[str]]:
     return DEFAULTS._replace(**values), problems
 
 
-def _with_guess(name: object, known: Iterable[str] = Q_OPTION_NAMES) -> str:
+def with_guess(name: object, known: Iterable[str] = Q_OPTION_NAMES) -> str:
     """``name`` quoted, with the known name it is likely a typo of."""
     guess = difflib.get_close_matches(str(name), list(known), n=1)
     return f"{name!r} (did you mean {guess[0]!r}?)" if guess else repr(name)
@@ -180,7 +180,7 @@ def q_options_problem(q_options: object, where: str) -> str | None:
     unknown = sorted(set(q_options) - Q_OPTION_NAMES, key=str)
     if unknown:
         problem = (
-            f"Unknown {where} {', '.join(map(_with_guess, unknown))}. Django Q2 "
+            f"Unknown {where} {', '.join(map(with_guess, unknown))}. Django Q2 "
             f"task options are: {', '.join(sorted(Q_OPTION_NAMES))}."
         )
         cluster_wide = sorted({"retry", "max_attempts"} & set(unknown))

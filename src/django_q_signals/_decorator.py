@@ -30,6 +30,7 @@ from django_q_signals.checks import check_outbox_installed
 
 if TYPE_CHECKING:
     from django.db.models import Model
+    from typing_extensions import Never
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
@@ -57,6 +58,9 @@ def async_receiver(
     previous: Sequence[str] | None = None,
     ordered: bool | None = None,
     supersede: bool | None = None,
+    # Taken only to be refused with a "did you mean"; typed Never, so that a
+    # type checker still flags a misspelt option.
+    **unknown: Never,
 ) -> Callable[[Handler], Handler]:
     """Connect a handler to ``signal`` and run it in a Django Q2 worker.
 
@@ -80,8 +84,10 @@ def async_receiver(
     and ``SUPERSEDE`` settings, for receivers that use the outbox). The
     decorated function is returned unchanged.
     ``weak`` is accepted for symmetry with ``receiver``: the connection is
-    always kept alive.
+    always kept alive. An unknown option is refused, with the option it is
+    likely a typo of.
     """
+    _check_unknown(unknown)
     signals = _check_signals(signal)
     _check_sender(sender)
     _check_on_commit(on_commit)
@@ -154,6 +160,24 @@ def _register_and_connect(receiver: _registry.Receiver) -> None:
             sender=receiver.sender,
             weak=False,
             dispatch_uid=receiver.dispatch_uid,
+        )
+
+
+#: The options async_receiver() takes by name.
+_OPTION_NAMES = tuple(
+    name
+    for name, parameter in inspect.signature(async_receiver).parameters.items()
+    if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    and name != "signal"
+)
+
+
+def _check_unknown(unknown: dict[str, Any]) -> None:
+    if unknown:
+        named = ", ".join(_conf.with_guess(name, _OPTION_NAMES) for name in unknown)
+        raise TypeError(
+            f"Unknown async_receiver() option{'s' if len(unknown) > 1 else ''} "
+            f"{named}; the options are {', '.join(_OPTION_NAMES)}."
         )
 
 

@@ -425,9 +425,9 @@ def saved_pk(instance: Model) -> Any:
 #: The longest pk text the outbox's ``object_pk`` column holds as it is: a
 #: varchar that MySQL can index whole, next to the model's label.
 PK_TEXT_AT_MOST = 255
-_DIGEST_MARK = "…sha256:"
+DIGEST_MARK = "…sha256:"
 # The start of a longer pk's text that its digest form keeps.
-_KEPT = PK_TEXT_AT_MOST - len(_DIGEST_MARK) - 64
+_KEPT = PK_TEXT_AT_MOST - len(DIGEST_MARK) - 64
 
 
 def canonical_pk(pk: Any) -> str:
@@ -440,7 +440,7 @@ def canonical_pk(pk: Any) -> str:
     if len(text) <= PK_TEXT_AT_MOST:
         return text
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{text[:_KEPT]}{_DIGEST_MARK}{digest}"
+    return f"{text[:_KEPT]}{DIGEST_MARK}{digest}"
 
 
 def _normalized(pk: Any) -> Any:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from django.apps import apps
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import quote
 from django.http import HttpRequest
-from django.urls import reverse
+from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.timesince import timesince
 
-from django_q_signals import _order, _relay
+from django_q_signals import _order, _payload, _relay
 from django_q_signals.models import OutboxCall, OutboxCallQuerySet
 
 if TYPE_CHECKING:
@@ -26,6 +32,7 @@ class OutboxCallAdmin(ModelAdmin):
         "state",
         "row",
         "attempts",
+        "next_attempt",
         "age",
         "last_error",
         "waits_for",
@@ -50,16 +57,53 @@ class OutboxCallAdmin(ModelAdmin):
 
     @admin.display(description="row")
     def row(self, call: OutboxCall) -> str:
-        return f"{call.model} pk={call.object_pk}" if call.model else "-"
+        if not call.model:
+            return "-"
+        text = f"{call.model} pk={call.object_pk}"
+        url = self._row_url(call)
+        return format_html('<a href="{}">{}</a>', url, text) if url else text
+
+    def _row_url(self, call: OutboxCall) -> str | None:
+        """The change page of the call's row, if this admin site has one."""
+        try:
+            model = apps.get_model(call.model)
+        except (LookupError, ValueError):
+            return None  # A model removed, or renamed, since the call was written.
+        opts = model._meta
+        if (
+            not self.admin_site.is_registered(model)
+            or getattr(opts, "is_composite_pk", False)
+            # A long pk's digest form: the pk itself is not kept.
+            or _payload.DIGEST_MARK in call.object_pk
+        ):
+            return None
+        try:
+            return reverse(
+                f"{self.admin_site.name}:{opts.app_label}_{opts.model_name}_change",
+                args=[quote(call.object_pk)],
+            )
+        except NoReverseMatch:  # Its ModelAdmin has no change page.
+            return None
 
     @admin.display(description="age", ordering="created")
     def age(self, call: OutboxCall) -> str:
-        return timesince(call.created)
+        return _span(call.created, timezone.now())
+
+    @admin.display(description="next attempt", ordering="due")
+    def next_attempt(self, call: OutboxCall) -> str:
+        """For a failed call, when the relay sends it again, if ever."""
+        if call.state != OutboxCall.State.FAILED:
+            return "-"
+        if call.due is None:
+            return "out of retries"
+        now = timezone.now()
+        return f"in {_span(now, call.due)}" if call.due > now else "now"
 
     @admin.display(description="last error")
     def last_error(self, call: OutboxCall) -> str:
-        # The exception line is the last one of the traceback.
-        return call.error.strip().rpartition("\n")[2][:120]
+        # The exception line is the last one of the traceback: whole, as the
+        # list wraps it.
+        return call.error.strip().rpartition("\n")[2]
 
     @admin.display(description="waits for")
     def waits_for(self, call: OutboxCall) -> str:
@@ -81,9 +125,30 @@ class OutboxCallAdmin(ModelAdmin):
         self.message_user(request, text, messages.SUCCESS)
 
     @admin.action(description="Discard", permissions=["delete"])
-    def discard(self, request: HttpRequest, queryset: OutboxCallQuerySet) -> None:
-        count = _order.discard(queryset)
-        self.message_user(request, f"Discarded {count} call(s).", messages.SUCCESS)
+    def discard(
+        self, request: HttpRequest, queryset: OutboxCallQuerySet
+    ) -> TemplateResponse | None:
+        """Asks first, on a page listing the calls, as Django's delete does."""
+        if request.POST.get("post") == "yes":
+            count = _order.discard(queryset)
+            self.message_user(request, f"Discarded {count} call(s).", messages.SUCCESS)
+            return None
+        opts = self.model._meta
+        request.current_app = self.admin_site.name
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Discard outbox calls",
+            "subtitle": None,
+            "opts": opts,
+            "calls": queryset.order_by("pk"),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media,
+        }
+        return TemplateResponse(
+            request,
+            f"admin/{opts.app_label}/{opts.model_name}/discard_confirmation.html",
+            context,
+        )
 
     def get_actions(
         self, request: HttpRequest, action_location: Any = None
@@ -97,3 +162,13 @@ class OutboxCallAdmin(ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+def _span(earlier: datetime, later: datetime) -> str:
+    """The time from ``earlier`` to ``later``: in seconds under a minute
+    (timesince() would say "0 minutes")."""
+    seconds = int((later - earlier) / timedelta(seconds=1))
+    if seconds < 60:
+        seconds = max(seconds, 0)
+        return f"{seconds} second{'' if seconds == 1 else 's'}"
+    return timesince(earlier, later)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
+from collections.abc import Callable
 
 from django.core.management.base import CommandError
 
 from django_q_signals import _order, _relay
+from django_q_signals._registry import all_receivers
 from django_q_signals.models import OutboxCall, OutboxCallQuerySet
 
 #: A call's id as given: the database's alias (None: not given), and its pk.
@@ -41,11 +43,24 @@ def retry(ids: list[CallId], *, handler: str | None, database: str | None) -> st
 
 
 def discard(
-    ids: list[CallId], *, state: str, handler: str | None, database: str | None
+    ids: list[CallId],
+    *,
+    state: str,
+    handler: str | None,
+    database: str | None,
+    confirm: Callable[[str], bool] | None = None,
 ) -> str:
-    """``state`` is one of STATES, or ``"any"``."""
+    """``state`` is one of STATES, or ``"any"``. Without ids or a handler,
+    every call in that state goes: then ``confirm``, if given, is asked
+    first (a question such as "Discard 3 failed outbox calls?")."""
     states = list(STATES) if state == "any" else [state]
     selected = _selected(states, ids, handler, database)
+    if confirm is not None and not ids and not handler:
+        count = sum(rows.count() for rows in selected)
+        noun = "outbox call" if state == "any" else f"{state} outbox call"
+        question = f"Discard {count} {noun}{'s' if count != 1 else ''}?"
+        if count and not confirm(question):
+            return "Discard cancelled: nothing was done."
     discarded = sum(_order.discard(rows) for rows in selected)
     return f"Discarded {discarded} outbox call(s)."
 
@@ -65,8 +80,31 @@ def _selected(
         return _by_id(wanted, states, handler, noun)
     selected = [_calls(alias, states, handler) for alias in aliases]
     if handler and not any(rows.exists() for rows in selected):
-        raise CommandError(f"No {noun}, on any database: nothing was done.")
+        raise CommandError(
+            f"No {noun}, on any database: nothing was done.{_why_none(handler)}"
+        )
     return selected
+
+
+def _why_none(handler: str) -> str:
+    """Why a handler may have no calls: no receiver of this process has that
+    name, or none of those that have it uses the outbox."""
+    receivers = [
+        receiver
+        for receiver in all_receivers()
+        if receiver.name == handler or receiver.name.startswith(f"{handler}#")
+    ]
+    if not receivers:
+        return (
+            f" No receiver is named {handler!r}: give a handler's dotted path "
+            "or a receiver's name, as manage.py qsignals lists them."
+        )
+    if not any(receiver.uses_outbox for receiver in receivers):
+        return (
+            " It does not use the outbox (outbox=True): its calls go to the "
+            "broker only, and are never kept."
+        )
+    return ""
 
 
 def _databases(database: str | None) -> list[str]:

@@ -38,7 +38,11 @@ class Listing:
             key=lambda receiver: receiver.name,
         )
         if not receivers:
-            self._out.write("No async receivers are connected.")
+            self._out.write(
+                "No async receivers are connected. A receiver is connected when "
+                "the module defining it is imported: import it in your "
+                "AppConfig.ready(), e.g. `from . import signals`."
+            )
             return
         numbers = _Stats(receivers) if stats else None
         names = signal_names(

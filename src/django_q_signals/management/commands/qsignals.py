@@ -7,9 +7,11 @@ of ``django_q_signals._cli``: the listing, or an outbox action.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_q_signals._cli import outbox_actions
 from django_q_signals._cli.receivers import Listing
@@ -24,6 +26,8 @@ class Command(BaseCommand):
         "held, and Django Q2 keeps only the last Q_CLUSTER['save_limit'] "
         "successful tasks. 'relay', 'retry' and 'discard' act on the outbox."
     )
+    # Where discard reads its confirmation: call_command(..., stdin=...).
+    stealth_options = ("stdin",)
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -54,6 +58,14 @@ class Command(BaseCommand):
             default="failed",
             help="only the calls in this state (default: failed)",
         )
+        discard.add_argument(
+            "--no-input",
+            "--noinput",
+            action="store_false",
+            dest="interactive",
+            help="Do not ask before discarding every call in the state, as "
+            "discard does without ids or --handler.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options.get("action")
@@ -72,8 +84,25 @@ class Command(BaseCommand):
                 state=options["state"],
                 handler=options["handler"],
                 database=options["database"],
+                confirm=self._asker(options) if options["interactive"] else None,
             )
         self.stdout.write(done)
+
+    def _asker(self, options: dict[str, Any]) -> Callable[[str], bool]:
+        """Asks a question on the terminal: whether the answer is yes."""
+        stdin: TextIO | None = options.get("stdin", sys.stdin)
+
+        def ask(question: str) -> bool:
+            if stdin is None or not stdin.isatty():
+                raise CommandError(
+                    f"{question} Nothing was done: there is no terminal to "
+                    "answer on. Pass --no-input to discard them without asking."
+                )
+            self.stdout.write(f"{question} [y/N] ", ending="")
+            self.stdout.flush()
+            return stdin.readline().strip().lower() in ("y", "yes")
+
+        return ask
 
 
 def _add_selection(action: argparse.ArgumentParser) -> None:
