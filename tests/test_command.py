@@ -1051,7 +1051,8 @@ def test_stats_name_the_running_cluster(worker: Worker, connect: Connect[Any]) -
     def running() -> str:
         return django_q2_block(qsignals("--stats"))["clusters"]
 
-    worker.wait_for(lambda: running() != "none running")
+    # A cluster says how it is every few seconds once it runs.
+    worker.wait_for(lambda: running() != "none running", timeout=60)
     assert "(2 workers, " in running()
 
 
