@@ -1,7 +1,7 @@
 """One backend's measurements, in a process of its own with Django set up for
 that backend; run.py starts it. Each measurement is printed as a JSON line.
 
-    python -m bench.child BACKEND --sizes N... --e2e-max N --modes MODE...
+    python -m bench.child BACKEND --sizes N... --e2e-max N --modes MODE... [--hot N]
     python -m bench.child BACKEND --previous --sizes N
 """
 
@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from bench.modes import (
+    HOT,
     MODES,
     PREVIOUS_CASES,
     QUEUELESS,
@@ -37,12 +38,15 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", required=True)
     parser.add_argument("--e2e-max", type=int)
     parser.add_argument("--modes", nargs="+", choices=MODES)
+    parser.add_argument("--hot", type=int, default=0)
     parser.add_argument("--previous", action="store_true")
     args = parser.parse_args()
     if args.previous:
         measure_previous(args.backend, args.sizes[0])
     else:
         measure(args.backend, args.sizes, args.e2e_max, args.modes)
+        if args.hot:
+            measure_hot(args.backend, args.hot)
 
 
 def set_up() -> None:
@@ -207,6 +211,64 @@ def running_worker() -> Iterator[None]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(worker.pid, signal.SIGKILL)
             log.close()
+
+
+# --- --hot: one row, a commit after another ----------------------------------
+
+
+def measure_hot(backend: str, commits: int) -> None:
+    for mode in HOT:
+        result = run_hot(mode, commits)
+        print(json.dumps({"backend": backend, **result}), flush=True)
+
+
+def run_hot(mode: str, commits: int) -> dict[str, Any]:
+    """``commits`` updates of one row, each in its own transaction, one after
+    the other, with a two-worker qcluster running: from the first until the
+    outbox is empty (every call left has run), the part of it after the last
+    commit, how many times the handler ran, and whether a run read the last
+    state."""
+    from django.apps import apps
+    from django.db import transaction
+
+    from django_q_signals.models import OutboxCall
+
+    model = apps.get_model("bench", HOT[mode][0])
+    clear(model)
+    item = model.objects.bulk_create([model(n=-1)])[0]  # no signal
+    with running_worker():
+        started = time.perf_counter()
+        for i in range(commits):
+            with transaction.atomic():
+                item.n = i
+                item.save(update_fields=["n"])
+        committed = time.perf_counter()
+        finished = wait_for_outbox(OutboxCall.objects.all())
+    item.refresh_from_db()
+    return {
+        "mode": mode,
+        "commits": commits,
+        "per_commit_us": (committed - started) / commits * 1e6,
+        "end_to_end_s": finished - started,
+        "after_commit_s": finished - committed,
+        "runs": item.runs,
+        "missed": int(item.seen != commits - 1),
+    }
+
+
+def wait_for_outbox(calls: Any) -> float:
+    """When the outbox was found empty, or had not changed for 30 s (a call
+    that failed stays: the run reports the last state as missed)."""
+    left, changed = None, time.perf_counter()
+    while True:
+        time.sleep(0.02)
+        count = calls.count()
+        if count == 0:
+            return time.perf_counter()
+        if count != left:
+            left, changed = count, time.perf_counter()
+        elif time.perf_counter() - changed > 30:
+            return changed
 
 
 # --- the table and the queue, emptied and read --------------------------------

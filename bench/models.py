@@ -45,3 +45,31 @@ class OutboxBatchItem(Item):
 
 class PreviousItem(Item):
     """@async_receiver(previous=["n"]): --previous compares it with DefaultItem."""
+
+
+class OrderedItem(Item):
+    """@async_receiver(outbox=True, ordered=True)."""
+
+
+class SupersedeItem(Item):
+    """@async_receiver(outbox=True, supersede=True)."""
+
+
+class HotRow(models.Model):
+    """One row committed again and again (--hot): how many times its handler
+    ran, and the newest state a run read."""
+
+    n = models.IntegerField()
+    runs = models.IntegerField(default=0)
+    seen = models.IntegerField(default=-1)
+
+    class Meta:
+        abstract = True
+
+
+class HotItem(HotRow):
+    """@async_receiver(outbox=True), a slow handler."""
+
+
+class HotSupersedeItem(HotRow):
+    """@async_receiver(outbox=True, supersede=True), a slow handler."""

@@ -1,5 +1,5 @@
-"""What the benchmark measures: the modes, the --previous cases, and where a
-run writes its results."""
+"""What the benchmark measures: the modes, the hot row's, the --previous
+cases, and where a run writes its results."""
 
 from pathlib import Path
 
@@ -15,13 +15,23 @@ MODES = {
     "coalesce": ("CoalesceItem", "batch=True, coalesce=True (3 saves a row)", 3),
     "outbox": ("OutboxItem", "outbox=True", 1),
     "outbox_batch": ("OutboxBatchItem", "outbox=True, batch=True", 1),
+    "ordered": ("OrderedItem", "outbox=True, ordered=True", 1),
+    "supersede": ("SupersedeItem", "outbox=True, supersede=True", 1),
 }
 #: A task per save: end to end only up to --e2e-max saves.
-UNBATCHED = {"manual", "default", "outbox"}
+UNBATCHED = {"manual", "default", "outbox", "ordered", "supersede"}
 #: Done when the request is: nothing is queued.
 QUEUELESS = {"floor", "inline"}
 #: Measured to compare the others' end to end with: up to --e2e-max saves.
 REFERENCES = {"inline", "manual"}
+#: --hot: one row committed again and again, each commit its own
+#: transaction, through a handler that takes HOT_HANDLER_S.
+#: mode: (model, label)
+HOT = {
+    "hot_outbox": ("HotItem", "outbox=True"),
+    "hot_supersede": ("HotSupersedeItem", "outbox=True, supersede=True"),
+}
+HOT_HANDLER_S = 0.05
 #: --previous: what is timed, with and without previous=.
 PREVIOUS_CASES = {
     "create": "create",

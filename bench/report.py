@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.modes import MODES, PREVIOUS_CASES, RESULTS
+from bench.modes import HOT, HOT_HANDLER_S, MODES, PREVIOUS_CASES, RESULTS
 from bench.targets import targets
 
 COLUMNS = (
@@ -42,14 +42,16 @@ PANELS: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...] = (
 
 
 def report(rows: list[dict[str, Any]]) -> None:
-    """Print the table, the machine and the targets; write them, and the
+    """Print the tables, the machine and the targets; write them, and the
     chart."""
-    lines = results_table(rows)
+    hot = [r for r in rows if r["mode"] in HOT]
+    rows = [r for r in rows if r["mode"] not in HOT]
+    lines = results_table(rows) + (hot_table(hot) if hot else [])
     machine = describe_machine()
     print("\n".join(lines))
     print(f"\n{machine}")
     print("\nTargets:")
-    checked = targets(rows)
+    checked = targets(rows + hot)
     for line in checked:
         print(f"- {line}")
     RESULTS.mkdir(exist_ok=True)
@@ -82,6 +84,36 @@ def results_table(rows: list[dict[str, Any]]) -> list[str]:
             "-" if e2e is None else f"{row['after_commit_s']:.2f} s",
             "-" if e2e is None else f"{row['signals'] / e2e:,.0f}",
             f"{row['missed']:,}",
+        ]
+        lines.append(f"| {' | '.join(cells)} |")
+    return lines
+
+
+def hot_table(rows: list[dict[str, Any]]) -> list[str]:
+    """--hot's Markdown table, a row a measurement, after a blank line."""
+    lines = [
+        "",
+        (
+            "One row, each commit its own transaction, a "
+            f"{HOT_HANDLER_S * 1000:.0f} ms handler:"
+        ),
+        "",
+        (
+            "| backend | commits | mode | request path per commit | handler runs "
+            "| end to end | after the last commit | last state never read |"
+        ),
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        cells = [
+            row["backend"],
+            f"{row['commits']:,}",
+            HOT[row["mode"]][1],
+            f"{row['per_commit_us']:.0f} µs",
+            f"{row['runs']:,}",
+            f"{row['end_to_end_s']:.2f} s",
+            f"{row['after_commit_s']:.2f} s",
+            "yes" if row["missed"] else "no",
         ]
         lines.append(f"| {' | '.join(cells)} |")
     return lines

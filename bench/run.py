@@ -1,7 +1,8 @@
-"""Benchmark: the same handler work (one UPDATE per signal) wired eight ways.
+"""Benchmark: the same handler work (one UPDATE per signal) wired ten ways.
 
     nox -s bench                          # N = 2,000, 20,000 and 100,000
-    nox -s bench -- --sizes 2000          # a quick run
+    nox -s bench -- --sizes 2000          # a quick run (no hot row)
+    nox -s bench -- --sizes 2000 --hot 2000  # a quick run with the hot row
     nox -s bench -- --e2e-max 100000      # unbatched modes end to end at every N
     nox -s bench -- --modes batch outbox  # some of the modes
     nox -s bench -- --report bench/results/measurements.jsonl  # redraw a run
@@ -19,6 +20,13 @@ each mode it measures:
   running, has run every handler (best of three at N = 2,000), and the part
   of it after the commit. Unbatched modes queue a task per save, so they run
   end to end only up to --e2e-max saves (20,000 by default).
+
+One row saved again and again, each save its own transaction, is measured
+apart (--hot COMMITS; 2,000 unless --sizes is given): a handler that takes
+50 ms, with outbox=True and with supersede=True too; for each, the request
+path per commit, the time from the first commit until the outbox is empty,
+and how many times the handler ran. Without supersede every commit's call
+runs: about a minute.
 
 Two modes are there to compare with: the work done in the request once the
 transaction has committed, and a plain @receiver queuing each call with
@@ -60,7 +68,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.modes import MODES, RESULTS, ROOT
+from bench.modes import HOT, MODES, RESULTS, ROOT
 from bench.report import report, report_previous
 
 POSTGRES = os.environ.get(
@@ -76,14 +84,20 @@ def main() -> None:
     elif args.report:
         report([json.loads(line) for line in args.report.read_text().splitlines()])
     else:
-        report(measure_all(args.sizes, args.e2e_max, args.modes))
+        report(measure_all(args.sizes, args.e2e_max, args.modes, args.hot))
 
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000, 100000])
+    parser.add_argument("--sizes", type=int, nargs="+")
     parser.add_argument("--e2e-max", type=int, default=20000)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument(
+        "--hot",
+        type=int,
+        metavar="COMMITS",
+        help="commits of the hot row (2,000 unless --sizes is given; 0: none)",
+    )
     parser.add_argument(
         "--report",
         type=Path,
@@ -95,11 +109,15 @@ def parse_arguments() -> argparse.Namespace:
         action="store_true",
         help="only compare a receiver with previous= and the same without it",
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.hot is None:
+        args.hot = 0 if args.sizes else 2000
+    args.sizes = args.sizes or [2000, 20000, 100000]
+    return args
 
 
 def measure_all(
-    sizes: list[int], e2e_max: int, modes: list[str]
+    sizes: list[int], e2e_max: int, modes: list[str], hot: int
 ) -> list[dict[str, Any]]:
     """Every backend's measurements, each printed and saved to
     bench/results/measurements.jsonl as it comes: a long run that stops half
@@ -108,7 +126,7 @@ def measure_all(
     saved = RESULTS / "measurements.jsonl"
     saved.write_text("")
     arguments = ["--sizes", *map(str, sizes), "--e2e-max", str(e2e_max)]
-    arguments += ["--modes", *modes]
+    arguments += ["--modes", *modes, "--hot", str(hot)]
     rows = []
     for backend, env in backends():
         print(f"Measuring {backend} ...", flush=True)
@@ -117,7 +135,7 @@ def measure_all(
             rows.append(row)
             with saved.open("a") as out:
                 out.write(line)
-            print(f"  {row['n']:>7,} {row['mode']:<13} {progress(row)}", flush=True)
+            print(f"  {progress(row)}", flush=True)
     return rows
 
 
@@ -152,7 +170,13 @@ def measurements(
 
 def progress(row: dict[str, Any]) -> str:
     e2e = row["end_to_end_s"]
-    text = f"{row['per_save_us']:.0f} µs a save"
+    if row["mode"] in HOT:
+        return (
+            f"{row['commits']:>7,} {row['mode']:<13} "
+            f"{row['per_commit_us']:.0f} µs a commit, end to end {e2e:.2f} s, "
+            f"{row['runs']:,} runs"
+        )
+    text = f"{row['n']:>7,} {row['mode']:<13} {row['per_save_us']:.0f} µs a save"
     return text if e2e is None else f"{text}, end to end {e2e:.2f} s"
 
 
