@@ -31,15 +31,26 @@ def send_next(receiver_name: str, rows: RowsByAlias) -> int:
     for alias, wanted in rows.items():
         pks = sorted({pk for _, pk in wanted})
         for chunk in chunks(pks):
+            # Mostly none: a plain query. The first waiting call of a row is
+            # sent even if a failed call is still in front of it: its worker
+            # finds that and leaves it waiting again.
             waiting = (
                 OutboxCall.objects.using(alias)
-                .filter(receiver=receiver_name, object_pk__in=chunk)
-                .waiting_first()
+                .filter(
+                    receiver=receiver_name,
+                    state=OutboxCall.State.WAITING,
+                    object_pk__in=chunk,
+                )
+                .order_by("pk")
                 .values_list("pk", "model", "object_pk")
             )
-            ids = [pk for pk, *row in waiting if tuple(row) in wanted]
-            if ids:
-                calls = OutboxCall.objects.using(alias).filter(pk__in=ids)
+            first: dict[tuple[str, str], int] = {}
+            for pk, model_label, object_pk in waiting:
+                row = (model_label, object_pk)
+                if row in wanted and row not in first:
+                    first[row] = pk
+            if first:
+                calls = OutboxCall.objects.using(alias).filter(pk__in=first.values())
                 sent += _relay.send_again(calls)
     return sent
 
