@@ -45,8 +45,11 @@ autodoc_typehints = "signature"
 # Python's, Django's and Django Q2's own types: their documentation is not
 # linked (intersphinx would need the network when building), so references
 # to them cannot resolve. `Handler` is the decorated function's own type;
-# `Model` and `QuerySet` are Django's, imported only for type checking.
-nitpick_ignore = [("py:class", "Model"), ("py:class", "QuerySet")]
+# `Model`, `QuerySet`, `HttpRequest` and `HttpResponse` are Django's,
+# imported only for type checking.
+nitpick_ignore = [
+    ("py:class", name) for name in ("Model", "QuerySet", "HttpRequest", "HttpResponse")
+]
 nitpick_ignore_regex = [
     ("py:class", r"collections\.abc\..*"),
     ("py:class", r"datetime\..*"),

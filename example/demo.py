@@ -9,6 +9,9 @@ It migrates a fresh SQLite database in a temporary directory, starts
 nothing but SQLite is needed), then plays the part of a web request: it saves,
 updates, tags and deletes articles and rolls one save back. The handlers in
 ``example/shop/handlers.py`` run in the worker and print what they received.
+Then it saves a report, whose outbox handler says how far it is, and asks for
+the report's page as a staff user while the handler runs: the page's status
+fragment shows the progress and stops polling once the handler is done.
 The script waits for every expected handler call, checks the rolled-back save
 never reached a handler, stops the worker and exits 0, or 1 if anything
 expected did not happen.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,7 +38,7 @@ STOP_SECONDS = 10  # for the worker to stop after SIGTERM, before SIGKILL
 HEADER = """\
 django-q-signals demo
 =====================
-The example project in example/ (SQLite, Django Q2's ORM broker) has three
+The example project in example/ (SQLite, Django Q2's ORM broker) has four
 handlers in example/shop/handlers.py, connected with @async_receiver where
 @receiver would go. When a signal fires, the web process only queues a task,
 after the transaction commits; a Django Q2 worker reloads the instances from
@@ -43,7 +47,10 @@ instance=None and _instance_pk if the row is gone).
 
 This script starts a real worker (manage.py qcluster, 2 worker processes), then
 acts like a web request: it creates, updates and tags an article, creates and
-deletes a second one in one transaction, and rolls a third save back.
+deletes a second one in one transaction, and rolls a third save back. Last,
+it saves a report and opens the report's page while an outbox handler renders
+it: the page's status fragment ({% qsignals_status report %}) shows how far the
+handler is, polling with htmx, and stops when it is done.
 
   [web]            what this process did, and how long the call took
   [worker pid N]   printed by a handler, in one of the worker's processes
@@ -83,7 +90,10 @@ def run(state_dir: Path, started: float) -> bool:
     worker = start_worker()
     try:
         expected, rolled_back_pk = send_signals()
-        return wait_and_check(worker, expected, rolled_back_pk, started)
+        report_pk, page_ok = watch_report_page()
+        expected.append(("render_report", None, {"report_pk": report_pk}))
+        checked = wait_and_check(worker, expected, rolled_back_pk, started)
+        return page_ok and checked
     finally:
         stop_worker(worker)
 
@@ -192,6 +202,46 @@ def send_signals() -> tuple[list[tuple[str, int, dict[str, Any]]], int]:
         ("article_deleted", doomed_pk, {"title": None, "_instance_pk": doomed_pk}),
     ]
     return expected, rolled_back_pk
+
+
+def watch_report_page() -> tuple[int, bool]:
+    """Save a report and look at its page as a staff user would, until its
+    status fragment says render_report is done: whether the page showed the
+    handler's progress while it ran, then stopped polling."""
+    from django.contrib.auth.models import User
+    from django.test import Client
+    from shop.models import Report
+
+    with Step("Report.objects.create(title='Quarterly figures')") as step:
+        report = Report.objects.create(title="Quarterly figures")
+        step.what += f": pk={report.pk}, render_report kept in the outbox"
+    browser = Client(HTTP_HOST="localhost")
+    browser.force_login(User.objects.create_superuser("staff"))
+    say("web", f"GET /reports/{report.pk}/ as a staff user, every half second:")
+    seen: list[str] = []
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        html = browser.get(f"/reports/{report.pk}/").content.decode()
+        shown = " ".join(
+            text
+            for text in re.findall(
+                r'class="qsignals-(?:handler|state|progress)">([^<]*)<', html
+            )
+            if text
+        )
+        polling = "hx-get=" in html
+        state = f"{shown} (polling)" if polling else "no call pending (not polling)"
+        if not seen or seen[-1] != state:
+            say("web", f"  the status fragment: {state}")
+            seen.append(state)
+        if not polling:
+            break
+        time.sleep(0.5)
+    progressed = any("% pages" in state for state in seen)
+    ok = progressed and seen[-1].startswith("no call pending")
+    if not ok:
+        say("demo", "the page did not show render_report's progress, then done")
+    return report.pk, ok
 
 
 def wait_and_check(

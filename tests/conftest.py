@@ -34,6 +34,8 @@ collect_ignore = (
         "test_outbox_browser.py",
         "test_ordered.py",
         "test_status.py",
+        "test_status_browser.py",
+        "test_status_fragment.py",
     ]
 )
 

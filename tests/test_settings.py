@@ -96,7 +96,7 @@ def test_batch_true_takes_its_size_from_the_settings(connect: Connect[Any]) -> N
                 "Unknown settings.Q_SIGNALS key 'ON_COMIT' (did you mean "
                 "'ON_COMMIT'?); the known ones are "
                 "BATCH_SIZE, ON_COMMIT, ORDERED, OUTBOX, OUTBOX_RELAY_AFTER, "
-                "Q_OPTIONS, SUPERSEDE."
+                "Q_OPTIONS, STATUS_PERMISSION, SUPERSEDE."
             ),
         ),
         (
@@ -148,6 +148,20 @@ def test_batch_true_takes_its_size_from_the_settings(connect: Connect[Any]) -> N
                 "In settings.Q_SIGNALS['Q_OPTIONS'], 'timeout' must be a whole "
                 "number of seconds, or None, not '30'; 'ack_failure' must be True "
                 "or False, not 1."
+            ),
+        ),
+        (
+            {"STATUS_PERMISSION": "tests.nowhere.allowed"},
+            (
+                "settings.Q_SIGNALS['STATUS_PERMISSION'] cannot be imported: No "
+                "module named 'tests.nowhere'."
+            ),
+        ),
+        (
+            {"STATUS_PERMISSION": True},
+            (
+                "settings.Q_SIGNALS['STATUS_PERMISSION'] must be a function "
+                "(request, instance) -> bool, or its dotted path, not True."
             ),
         ),
         (

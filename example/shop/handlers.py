@@ -10,12 +10,13 @@ pid) and write a ``HandlerCall`` row so that ``demo.py`` can check they ran.
 """
 
 import os
+import time
 from typing import Any
 
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
-from django_q_signals import async_receiver
-from shop.models import Article, HandlerCall
+from django_q_signals import async_receiver, progress
+from shop.models import Article, HandlerCall, Report
 
 SIGNAL_NAMES = {
     post_save: "post_save",
@@ -104,4 +105,25 @@ def article_deleted(
         instance,
         f"sender={sender.__name__} " + describe(instance, kwargs),
         _instance_pk=kwargs.get("_instance_pk"),
+    )
+
+
+@async_receiver(post_save, sender=Report, outbox=True)
+def render_report(
+    instance: Report | None, created: bool, signal: Any, **kwargs: Any
+) -> None:
+    """Kept in the outbox until it has run; says how far it is, which the
+    report's page shows ({% qsignals_status report %})."""
+    if instance is None:
+        return
+    for page in range(1, instance.pages + 1):
+        time.sleep(0.8)  # rendering a page
+        progress(page, instance.pages, note="pages")
+    record(
+        "render_report",
+        signal,
+        None,
+        f"rendered {instance.pages} pages of <Report pk={instance.pk}>",
+        _instance_pk=None,
+        report_pk=instance.pk,
     )

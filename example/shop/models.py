@@ -29,3 +29,13 @@ class HandlerCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.handler} for Article pk={self.article_pk}"
+
+
+class Report(models.Model):
+    """Rendered page by page in the worker, which says how far it is."""
+
+    title = models.CharField(max_length=200)
+    pages = models.PositiveIntegerField(default=4)
+
+    def __str__(self) -> str:
+        return self.title

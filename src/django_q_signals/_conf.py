@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
 
 logger = logging.getLogger("django_q_signals")
 
@@ -88,6 +89,9 @@ class Config(NamedTuple):
     q_options: dict[str, Any] = {}  # noqa: RUF012 (never mutated)
     ordered: bool = False
     supersede: bool = False
+    status_permission: Callable[..., bool] | str = (
+        "django_q_signals.views.staff_with_view_permission"
+    )
 
 
 DEFAULTS = Config()
@@ -100,6 +104,7 @@ _SETTING_NAMES = {
     "Q_OPTIONS": "q_options",
     "ORDERED": "ordered",
     "SUPERSEDE": "supersede",
+    "STATUS_PERMISSION": "status_permission",
 }
 
 _config: Config | None = None
@@ -244,6 +249,21 @@ def _q_options_problem(value: object) -> str | None:
     return problem
 
 
+def _status_permission_problem(value: object) -> str | None:
+    where = "settings.Q_SIGNALS['STATUS_PERMISSION']"
+    if isinstance(value, str):
+        try:
+            value = import_string(value)
+        except ImportError as exc:
+            return f"{where} cannot be imported: {exc}."
+    if callable(value):
+        return None
+    return (
+        f"{where} must be a function (request, instance) -> bool, or its dotted "
+        f"path, not {value!r}."
+    )
+
+
 _VALIDATORS = {
     "BATCH_SIZE": _batch_size_problem,
     "ON_COMMIT": _on_commit_problem,
@@ -252,6 +272,7 @@ _VALIDATORS = {
     "Q_OPTIONS": _q_options_problem,
     "ORDERED": _true_or_false("ORDERED"),
     "SUPERSEDE": _true_or_false("SUPERSEDE"),
+    "STATUS_PERMISSION": _status_permission_problem,
 }
 
 

@@ -121,7 +121,9 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
             problem,
             hint="Q_SIGNALS takes BATCH_SIZE (a whole number), ON_COMMIT, "
             "OUTBOX, ORDERED and SUPERSEDE (True or False), OUTBOX_RELAY_AFTER "
-            "(seconds) and Q_OPTIONS (a dict of Django Q2 task options).",
+            "(seconds), Q_OPTIONS (a dict of Django Q2 task options) and "
+            "STATUS_PERMISSION (a function (request, instance) -> bool, or its "
+            "dotted path).",
             id="django_q_signals.E003",
         )
         for problem in problems
