@@ -1043,6 +1043,7 @@ def test_stats_do_not_hide_a_broker_that_does_not_answer(
 @pytest.mark.services
 @pytest.mark.redis
 @pytest.mark.worker
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
 def test_stats_name_the_running_cluster(worker: Worker, connect: Connect[Any]) -> None:
     @connect(custom)
     def handler(**kwargs: Any) -> None:
