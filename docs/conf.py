@@ -45,10 +45,18 @@ autodoc_typehints = "signature"
 # Python's, Django's and Django Q2's own types: their documentation is not
 # linked (intersphinx would need the network when building), so references
 # to them cannot resolve. `Handler` is the decorated function's own type;
-# `Model`, `QuerySet`, `HttpRequest` and `HttpResponse` are Django's,
+# `Model`, `QuerySet`, `HttpRequest`, `HttpResponse` and `Signal` are Django's,
 # imported only for type checking.
 nitpick_ignore = [
-    ("py:class", name) for name in ("Model", "QuerySet", "HttpRequest", "HttpResponse")
+    ("py:class", name)
+    for name in (
+        "Model",
+        "QuerySet",
+        "HttpRequest",
+        "HttpResponse",
+        "Signal",
+        "Handler",
+    )
 ]
 nitpick_ignore_regex = [
     ("py:class", r"collections\.abc\..*"),
