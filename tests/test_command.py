@@ -1021,6 +1021,34 @@ def test_stats_warn_when_tasks_wait_and_no_cluster_runs(
 
 
 @pytest.mark.django_db(databases=["default", "other"])
+def test_stats_say_nothing_is_wrong_when_no_task_waits(tmp_path: Path) -> None:
+    shared = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(tmp_path / "cache"),
+        }
+    }
+    with override_settings(CACHES=shared):
+        said = django_q2_block(qsignals("--stats"))
+    assert said["queue 'tests'"] == "0 tasks waiting"
+    assert said["clusters"] == "none running"
+    assert "WARNING" not in said
+
+
+@pytest.mark.django_db(databases=["default", "other"])
+def test_stats_cannot_see_clusters_without_django_q2s_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django_q.conf import Conf
+
+    if not _brokers.is_orm(None):
+        pytest.skip("the Redis broker keeps clusters' status in Redis")
+    monkeypatch.setattr(Conf, "CACHE", "no such cache")
+    said = django_q2_block(qsignals("--stats"))
+    assert said["clusters"].startswith("not known here")
+
+
+@pytest.mark.django_db(databases=["default", "other"])
 def test_stats_do_not_hide_a_broker_that_does_not_answer(
     connect: Connect[Any], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from asgiref.sync import sync_to_async
 from django import forms
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.models.signals import post_save
 from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory
@@ -19,6 +19,7 @@ from django.views.generic import UpdateView
 
 from django_q_signals import (
     RowBusy,
+    _progress,
     await_idle,
     ensure_idle,
     pending,
@@ -146,6 +147,37 @@ def test_a_new_attempt_starts_without_the_last_ones_progress(
     _relay.send_again(OutboxCall.objects.all())
     run_queued()
     assert attempts == [(None, None), (None, None)]
+
+
+def test_a_progress_report_that_cannot_be_written_is_logged_and_the_handler_goes_on(
+    connect: Connect[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ran: list[str] = []
+
+    def unreachable(*report: Any) -> None:
+        raise DatabaseError("the database went away")
+
+    @connect(post_save, sender=Article, outbox=True)
+    def render(instance: Article, **kwargs: Any) -> None:
+        progress(1, 2)
+        flush()
+        ran.append(instance.title)
+
+    monkeypatch.setattr(_progress, "_write", unreachable)
+    Article.objects.create(title="a")
+    run_queued()
+    assert ran == ["a"]
+    assert "Could not record a handler's progress" in caplog.text
+    assert not OutboxCall.objects.exists()
+
+
+def test_flush_before_any_report_returns_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_progress, "_writers", {})
+    flush()
 
 
 def test_progress_elsewhere_does_nothing_and_bad_values_are_refused() -> None:

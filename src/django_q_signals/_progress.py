@@ -117,10 +117,9 @@ class _Writer(threading.Thread):
             except Exception:
                 logger.warning("Could not record a handler's progress", exc_info=True)
             finally:
-                if self.reports.empty():
-                    # Reports come a second apart at most: no connection is
-                    # kept open between them.
-                    connections.close_all()
+                # A call reports about once a second at most: no connection
+                # is kept open between reports.
+                connections.close_all()
                 self.reports.task_done()
 
 
@@ -131,13 +130,11 @@ _writers_lock = threading.Lock()
 def _writer() -> _Writer:
     """This process's writer (a forked worker starts its own)."""
     pid = os.getpid()
-    writer = _writers.get(pid)
-    if writer is None:
-        with _writers_lock:
-            writer = _writers.get(pid)
-            if writer is None:
-                writer = _writers[pid] = _Writer()
-                writer.start()
+    with _writers_lock:
+        writer = _writers.get(pid)
+        if writer is None:
+            writer = _writers[pid] = _Writer()
+            writer.start()
     return writer
 
 
