@@ -179,7 +179,7 @@ def test_an_admin_filters_the_outbox_sends_again_and_discards(
     server: str, browser: WebDriver
 ) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     User.objects.create_superuser("admin", "admin@example.com", "secret")
     browser.get(f"{server}/admin/login/?next=/admin/")
@@ -194,8 +194,15 @@ def test_an_admin_filters_the_outbox_sends_again_and_discards(
             for row in browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
         ]
 
+    def opened(part_of_url: str, *, present: bool = True) -> None:
+        """Wait for the page a click opens: its address has, or has not, this."""
+        WebDriverWait(browser, 10).until(
+            lambda browser: (part_of_url in browser.current_url) == present
+        )
+
     assert len(rows()) == 3
     browser.find_element(By.LINK_TEXT, "Failed").click()
+    opened("state__exact=failed")
     failed = rows()
     assert [row[1] for row in failed] == ["Failed", "Failed"]
     assert {row[6] for row in failed} == {
@@ -216,12 +223,14 @@ def test_an_admin_filters_the_outbox_sends_again_and_discards(
     assert set(OutboxCall.objects.values_list("state", flat=True)) == {"sent"}
 
     browser.find_element(By.LINK_TEXT, "All").click()
+    opened("state__exact", present=False)
     browser.find_element(By.CSS_SELECTOR, "#result_list tbody input").click()
     Select(browser.find_element(By.NAME, "action")).select_by_visible_text("Discard")
     browser.find_element(By.NAME, "index").click()
+    confirm = browser.find_element(By.CSS_SELECTOR, "input[value='Yes, discard them']")
     assert "Discard the selected outbox calls?" in browser.page_source
     screenshot(browser, "outbox-admin-discard")
-    browser.find_element(By.CSS_SELECTOR, "input[value='Yes, discard them']").click()
+    confirm.click()
     assert browser.find_element(By.CSS_SELECTOR, ".messagelist").text == (
         "Discarded 1 call(s)."
     )
