@@ -40,12 +40,6 @@ class OutboxCallQuerySet(models.QuerySet["OutboxCall"]):
         running, where the receiver is ``ordered``."""
         return self.filter(Exists(_earlier_calls()))
 
-    def waiting_first(self) -> OutboxCallQuerySet:
-        """Waiting calls that no earlier call of their row holds back."""
-        return self.filter(state=OutboxCall.State.WAITING).exclude(
-            Exists(_earlier_calls())
-        )
-
     def unstarted(self, sent_before: datetime) -> OutboxCallQuerySet:
         """Calls on the broker since ``sent_before`` that no worker started."""
         return self.filter(state=OutboxCall.State.SENT, sent__lte=sent_before)
