@@ -971,6 +971,12 @@ def test_discard_deletes_failed_calls_unless_told_otherwise() -> None:
     )
 
 
+def shared_cache(tmp_path: Path) -> dict[str, Any]:
+    """A cache every process shares, where Django Q2 finds its clusters."""
+    backend = "django.core.cache.backends.filebased.FileBasedCache"
+    return {"default": {"BACKEND": backend, "LOCATION": str(tmp_path / "cache")}}
+
+
 def django_q2_block(output: str) -> dict[str, str]:
     """The ``label: value`` lines of ``--stats``' Django Q2 block."""
     block = output.split("\nDjango Q2\n", 1)[1].split("\n\n", 1)[0]
@@ -1004,13 +1010,7 @@ def test_stats_warn_when_tasks_wait_and_no_cluster_runs(
         pass
 
     custom.send(sender=None, n=1)
-    shared = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-            "LOCATION": str(tmp_path / "cache"),
-        }
-    }
-    with override_settings(CACHES=shared):
+    with override_settings(CACHES=shared_cache(tmp_path)):
         said = django_q2_block(qsignals("--stats"))
     assert said["queue 'tests'"] == "1 tasks waiting"
     assert said["clusters"] == "none running"
@@ -1022,13 +1022,7 @@ def test_stats_warn_when_tasks_wait_and_no_cluster_runs(
 
 @pytest.mark.django_db(databases=["default", "other"])
 def test_stats_say_nothing_is_wrong_when_no_task_waits(tmp_path: Path) -> None:
-    shared = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-            "LOCATION": str(tmp_path / "cache"),
-        }
-    }
-    with override_settings(CACHES=shared):
+    with override_settings(CACHES=shared_cache(tmp_path)):
         said = django_q2_block(qsignals("--stats"))
     assert said["queue 'tests'"] == "0 tasks waiting"
     assert said["clusters"] == "none running"
