@@ -322,6 +322,76 @@ def test_supersede_on_another_database(latest: list[str]) -> None:
     assert latest == ["v3"]
 
 
+def test_a_large_commit_supersedes_each_rows_older_calls_in_a_few_statements(
+    latest: list[str],
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    rows = _outbox.SUPERSEDED_AT_MOST * 2 + 10
+    articles = Article.objects.bulk_create(
+        [Article(title=f"{i} v1") for i in range(rows)]
+    )
+    for article in articles:  # one commit each: a call each to supersede
+        article.save()
+    assert OutboxCall.objects.count() == rows
+    purge()
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        for article in articles:
+            article.title = article.title.replace("v1", "v2")
+            article.save()
+    deletes = [q for q in queries if q["sql"].startswith("DELETE")]
+    assert len(deletes) == 3  # 210 rows, 100 a statement
+    assert OutboxCall.objects.count() == rows
+    run_all()
+    assert sorted(latest) == sorted(f"{i} v2" for i in range(rows))
+
+
+def test_supersede_keeps_a_call_written_after_the_commits_own(
+    latest: list[str],
+) -> None:
+    article = Article.objects.create(title="v1")
+    [older] = OutboxCall.objects.all()
+    with transaction.atomic():
+        save_titles(article, "v2")
+        [own] = OutboxCall.objects.exclude(pk=older.pk)
+        # Another transaction's call for the row, written after this one's
+        # and committed first.
+        own.pk = None
+        own.state = State.SENT
+        own.save()
+        later = own.pk
+    assert sorted(OutboxCall.objects.values_list("pk", flat=True)) == sorted(
+        [later, later - 1]
+    )
+
+
+def test_supersede_with_coalesce_and_batch(connect: Connect[Any]) -> None:
+    read: list[list[str]] = []
+
+    @connect(
+        post_save,
+        sender=Article,
+        outbox=True,
+        supersede=True,
+        coalesce=True,
+        batch=True,
+    )
+    def reindex(instance: Article, **kwargs: Any) -> None:
+        read.append([instance.title])
+
+    first, second = Article.objects.bulk_create(
+        [Article(title="a1"), Article(title="b1")]
+    )
+    save_titles(first, "a2")
+    with transaction.atomic():
+        save_titles(first, "a3", "a4")
+        save_titles(second, "b2", "b3")
+    assert OutboxCall.objects.count() == 2
+    run_all()
+    assert sorted(read) == [["a4"], ["b3"]]
+
+
 def test_ordered_and_supersede_run_the_latest_after_the_running_call(
     connect: Connect[Any],
 ) -> None:

@@ -91,36 +91,82 @@ def write(call: Call, replacing: Call | None = None) -> None:
     call.outbox_id = _insert(
         alias, call.receiver.name, model_label, object_pk, pack(call)
     )
-    if model_label and call.receiver.supersedes:
-        _supersede(alias, call.receiver.name, model_label, object_pk, call.outbox_id)
 
 
-def _supersede(
-    alias: str, receiver_name: str, model_label: str, object_pk: str, newest: int
+#: The rows one superseding DELETE names at most (four parameters each).
+SUPERSEDED_AT_MOST = 100
+
+
+def supersede(calls: list[Call]) -> list[Call]:
+    """For the calls of ``supersede`` receivers: drop their receiver's calls
+    for their row written before them that have not started, theirs among
+    them; the calls left to send.
+
+    Run once the calls' transaction has committed (or as it writes them, out
+    of one): one DELETE for up to SUPERSEDED_AT_MOST rows, so a large commit
+    pays a few statements, not one a save. A call that started meanwhile is
+    left to finish; the newest call runs after it, or beside it.
+    """
+    newest: dict[tuple[str, str], dict[tuple[str, str], int]] = defaultdict(dict)
+    for call in calls:
+        if call.outbox_id is None or not call.receiver.supersedes:
+            continue
+        instance = call.instance_pk()
+        if instance is None:
+            continue
+        row = (concrete_label(instance[0]), canonical_pk(instance[1]))
+        newest[call.alias, call.receiver.name][row] = call.outbox_id
+    if not newest:
+        return calls
+    for (alias, receiver_name), rows in newest.items():
+        _delete_superseded(alias, receiver_name, list(rows.items()))
+    kept = {
+        (alias, pk) for (alias, _), rows in newest.items() for pk in rows.values()
+    }
+    return [
+        call
+        for call in calls
+        if call.outbox_id is None
+        or not call.receiver.supersedes
+        or (call.alias, call.outbox_id) in kept
+        or call.instance_pk() is None
+    ]
+
+
+def _delete_superseded(
+    alias: str, receiver_name: str, rows: list[tuple[tuple[str, str], int]]
 ) -> None:
-    """Drop the receiver's calls for the row written before ``newest`` that
-    have not started: one DELETE, in the transaction that wrote ``newest``."""
+    """Delete the receiver's calls not started of each row written before
+    that row's newest call (``((label, pk), newest id)``)."""
     from django_q_signals.models import OutboxCall
 
     connection = connections[alias]
     table, column = _names(connection)
     state, due = column("state"), column("due")
     unstarted = OutboxCall.UNSTARTED
+    # Each row its whole index key, so that every database looks each up in
+    # qsignals_outbox_order.
+    row_sql = (
+        f"({column('receiver')} = %s AND {column('model')} = %s "
+        f"AND {column('object_pk')} = %s AND {column('id')} < %s)"
+    )
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"DELETE FROM {table} WHERE {column('receiver')} = %s "
-            f"AND {column('model')} = %s AND {column('object_pk')} = %s "
-            f"AND {column('id')} < %s AND ({state} IN ({_marks(unstarted)}) "
-            f"OR ({state} = %s AND {due} IS NOT NULL))",
-            [
-                receiver_name,
-                model_label,
-                object_pk,
-                newest,
-                *(state.value for state in unstarted),
-                OutboxCall.State.FAILED.value,
-            ],
-        )
+        for start in range(0, len(rows), SUPERSEDED_AT_MOST):
+            chunk = rows[start : start + SUPERSEDED_AT_MOST]
+            cursor.execute(
+                f"DELETE FROM {table} WHERE ({' OR '.join([row_sql] * len(chunk))}) "
+                f"AND ({state} IN ({_marks(unstarted)}) "
+                f"OR ({state} = %s AND {due} IS NOT NULL))",
+                [
+                    *(
+                        value
+                        for (model_label, object_pk), newest in chunk
+                        for value in (receiver_name, model_label, object_pk, newest)
+                    ),
+                    *(state.value for state in unstarted),
+                    OutboxCall.State.FAILED.value,
+                ],
+            )
 
 
 #: Per database: the INSERT of an outbox row, whether it returns the pk, and
