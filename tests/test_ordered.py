@@ -16,7 +16,14 @@ from django.db.models.signals import post_save
 from django.test import override_settings
 from django.utils import timezone
 
-from django_q_signals import _conf, _outbox, _relay, async_receiver, pending
+from django_q_signals import (
+    _claim,
+    _conf,
+    _outbox,
+    _relay,
+    async_receiver,
+    pending,
+)
 from django_q_signals._registry import Receiver, all_receivers
 from django_q_signals.models import OutboxCall
 from tests.conftest import Connect, _broker_packs, custom, path, purge, rolled_back
@@ -139,13 +146,13 @@ def test_an_earlier_call_finishing_meanwhile_lets_the_call_run_at_once(
     save_titles(article, "v2")
     _, second = take_tasks()
     first_row = OutboxCall.objects.order_by("pk")[0]
-    hold_back = _outbox._hold_back
+    hold_back = _claim.hold_back
 
     def earlier_call_done_meanwhile(alias: str, ids: list[int]) -> None:
         hold_back(alias, ids)
         OutboxCall.objects.filter(pk=first_row.pk).delete()
 
-    monkeypatch.setattr(_outbox, "_hold_back", earlier_call_done_meanwhile)
+    monkeypatch.setattr(_claim, "hold_back", earlier_call_done_meanwhile)
     run(second)
     assert seen == ["v2"]
     assert not OutboxCall.objects.exists()

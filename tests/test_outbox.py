@@ -19,6 +19,7 @@ from django.utils import timezone
 from django_q.conf import Conf
 
 from django_q_signals import (
+    _claim,
     _brokers,
     _outbox,
     _payload,
@@ -207,10 +208,37 @@ def test_a_claim_lasts_the_tasks_timeout(
     run_queued()
     [(state, attempts, seconds)] = claims
     assert (state, attempts) == (State.RUNNING, 1)
-    assert lasts <= seconds <= lasts + _outbox.CLAIM_MARGIN
+    assert lasts <= seconds <= lasts + _claim.CLAIM_MARGIN
 
 
 # Failures and retries
+def test_a_claim_reads_how_long_each_first_attempt_waited_since_its_commit(
+    titles: list[str],
+) -> None:
+    from django_q_signals._registry import get_receiver
+
+    articles = Article.objects.bulk_create([Article(title="a"), Article(title="b")])
+    for article in articles:
+        article.save()
+    first, second = OutboxCall.objects.order_by("pk")
+    now = timezone.now()
+    # One put on the broker 30 s ago; one a worker took before it was marked
+    # sent, written 10 s ago, on its second attempt.
+    OutboxCall.objects.filter(pk=first.pk).update(sent=now - timedelta(seconds=30))
+    OutboxCall.objects.filter(pk=second.pk).update(
+        created=now - timedelta(seconds=10), sent=None, attempts=1
+    )
+    receiver = get_receiver(first.receiver)
+    assert receiver is not None
+    claim = _claim.Claim(receiver, [("default", first.pk), ("default", second.pk)])
+    [waited] = claim.waits()["default"]
+    assert 30 <= waited < 40
+    assert claim.holds(("default", second.pk))
+    claim.succeeded([("default", first.pk)])
+    claim.failed(("default", second.pk), ValueError("no"))
+    assert (claim.runs["default"], claim.failures["default"]) == (2, 1)
+
+
 
 
 def test_a_failed_call_keeps_its_error(connect: Connect[Any]) -> None:
@@ -319,10 +347,11 @@ def test_a_batch_claims_its_calls_at_once_and_keeps_each_outcome(
     with CaptureQueriesContext(connection) as queries, pytest.raises(BatchError):
         run_batch(*task["args"])
     assert received == [0, 1, 3]
-    # One claim, the failed call's attempts read and its row written, and one
-    # delete for the rest.
+    # One claim (and a read of what it claimed, where an UPDATE cannot return
+    # it), the failed call's row written, and one delete for the rest.
     statements = [q["sql"].split()[0] for q in queries if "outboxcall" in q["sql"]]
-    assert statements == ["UPDATE", "SELECT", "UPDATE", "DELETE"]
+    read = [] if _claim._returns_rows(connection) else ["SELECT"]
+    assert statements == ["UPDATE", *read, "UPDATE", "DELETE"]
     [row] = OutboxCall.objects.all()
     assert row.state == State.FAILED
 

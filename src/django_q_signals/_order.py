@@ -2,7 +2,7 @@
 the row's next waiting call is sent at once.
 
 A call held back by an earlier call of its row is marked ``waiting`` by the
-worker that could not claim it (``_outbox.Claim``). The worker that then
+worker that could not claim it (``_claim.Claim``). The worker that then
 finishes the earlier call sends it; should that worker die first, the relay
 sends any waiting call that nothing holds back any more.
 """

@@ -12,11 +12,8 @@ import hashlib
 import hmac
 import logging
 import pickle
-import traceback
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from django.apps import apps
@@ -45,11 +42,6 @@ T = TypeVar("T")
 
 #: Where a queued call's row is: its database alias and its pk.
 Ref = tuple[str, int]
-
-#: Seconds a claim outlasts the task's timeout: Django Q2 stops a task a
-#: little after its timeout, not at once.
-CLAIM_MARGIN = 5
-
 
 def require_app(receiver: Receiver) -> None:
     """Refuse an outbox receiver's call where the outbox cannot exist: raised
@@ -141,7 +133,7 @@ def _delete_superseded(
     from django_q_signals.models import OutboxCall
 
     connection = connections[alias]
-    table, column = _names(connection)
+    table, column = table_names(connection)
     state, due = column("state"), column("due")
     unstarted = OutboxCall.UNSTARTED
     # Each row its whole index key, so that every database looks each up in
@@ -155,7 +147,7 @@ def _delete_superseded(
             chunk = rows[start : start + SUPERSEDED_AT_MOST]
             cursor.execute(
                 f"DELETE FROM {table} WHERE ({' OR '.join([row_sql] * len(chunk))}) "
-                f"AND ({state} IN ({_marks(unstarted)}) "
+                f"AND ({state} IN ({marks(unstarted)}) "
                 f"OR ({state} = %s AND {due} IS NOT NULL))",
                 [
                     *(
@@ -247,131 +239,23 @@ def _column(model: type[Model], name: str) -> str:
     return str(_field(model, name).column)
 
 
-def _delete(alias: str, ids: list[int], claim: str | None = None) -> None:
+def delete_rows(alias: str, ids: list[int], claim: str | None = None) -> None:
     """Delete rows by pk (those a run claimed, with its ``claim``): plain
     DELETEs of at most PKS_AT_MOST pks, without the collector and the model signals
     that QuerySet.delete() would run for rows that have no relations."""
     connection = connections[alias]
-    table, column = _names(connection)
+    table, column = table_names(connection)
     claimed = "" if claim is None else f" AND {column('claim')} = %s"
     with connection.cursor() as cursor:
         for chunk in chunks(ids):
             cursor.execute(
-                f"DELETE FROM {table} WHERE {column('id')} IN ({_marks(chunk)})"
+                f"DELETE FROM {table} WHERE {column('id')} IN ({marks(chunk)})"
                 + claimed,
                 [*chunk, *([] if claim is None else [claim])],
             )
 
 
-def _claim(
-    alias: str,
-    ids: list[int],
-    token: str,
-    now: datetime,
-    until: datetime,
-    *,
-    in_order: bool = False,
-) -> list[int]:
-    """Claim the rows no live run has, until ``until``: plain UPDATEs of at
-    most PKS_AT_MOST pks, in autocommit. ``in_order``: only rows with no
-    earlier call of their receiver for their row. The pks claimed."""
-    from django_q_signals.models import OutboxCall
-
-    connection = connections[alias]
-    can_read_itself = connection.features.update_can_self_select
-    if in_order and not can_read_itself:  # pragma: no cover (MySQL; MariaDB can)
-        # Its UPDATE cannot read its own table: the waiting ones first.
-        ids = sorted(set(ids) - set(_held_back_by_earlier(alias, ids)))
-        in_order = False
-    when = connection.ops.adapt_datetimefield_value
-    claimed = 0
-    with connection.cursor() as cursor:
-        for chunk in chunks(ids):
-            sql, params = _claim_statement(connection, len(chunk), in_order=in_order)
-            cursor.execute(sql, [when(until), token, *chunk, *params, when(now)])
-            claimed += cursor.rowcount
-    if claimed == len(ids):
-        return ids
-    # Some were gone, or running elsewhere: which are ours?
-    ours = OutboxCall.objects.using(alias).filter(claim=token)
-    return [
-        pk
-        for chunk in chunks(ids)
-        for pk in ours.filter(pk__in=chunk).values_list("pk", flat=True)
-    ]
-
-
-def _claim_statement(
-    connection: Any, count: int, *, in_order: bool
-) -> tuple[str, list[str]]:
-    """The UPDATE claiming ``count`` rows, and its parameters between the
-    pks and the time: it takes the claim's end, its token, the pks, those,
-    and the time now."""
-    from django_q_signals.models import OutboxCall
-
-    table, column = _names(connection)
-    state, due, attempts = column("state"), column("due"), column("attempts")
-    at_once, when_due = OutboxCall.CLAIMABLE, OutboxCall.CLAIMABLE_WHEN_DUE
-    claimable = (
-        f"({state} IN ({_marks(at_once)}) "
-        f"OR ({state} IN ({_marks(when_due)}) AND {due} <= %s))"
-    )
-    if in_order:
-        claimable += f" AND NOT EXISTS ({_earlier_call_sql(connection)})"
-    sql = (
-        f"UPDATE {table} SET {state} = '{OutboxCall.State.RUNNING.value}', "
-        f"{due} = %s, {column('claim')} = %s, {attempts} = {attempts} + 1, "
-        f"{column('progress_done')} = NULL, {column('progress_total')} = NULL, "
-        f"{column('progress_note')} = '' "
-        f"WHERE {column('id')} IN ({_marks(['%s'] * count)}) AND {claimable}"
-    )
-    return sql, [state.value for state in (*at_once, *when_due)]
-
-
-def _earlier_call_sql(connection: Any) -> str:
-    """A SELECT of the calls of the outer row's receiver for its row written
-    before it: any of them keeps an ``ordered`` call from running."""
-    table, column = _names(connection)
-    earlier = connection.ops.quote_name("earlier")
-    same = " AND ".join(
-        f"{earlier}.{column(name)} = {table}.{column(name)}"
-        for name in ("receiver", "model", "object_pk")
-    )
-    return (
-        f"SELECT 1 FROM {table} {earlier} WHERE {same} "
-        f"AND {earlier}.{column('id')} < {table}.{column('id')} "
-        f"AND {earlier}.{column('model')} <> ''"
-    )
-
-
-def _held_back_by_earlier(alias: str, ids: list[int]) -> list[int]:  # pragma: no cover
-    """Of the rows ``ids``, those an earlier call of their row holds back
-    (MySQL, whose UPDATE cannot read its own table)."""
-    from django_q_signals.models import OutboxCall
-
-    return [
-        pk
-        for chunk in chunks(ids)
-        for pk in OutboxCall.objects.using(alias)
-        .filter(pk__in=chunk)
-        .held_back()
-        .values_list("pk", flat=True)
-    ]
-
-
-def _hold_back(alias: str, ids: list[int]) -> None:
-    """Mark ``waiting`` the rows of ``ids`` not started that an earlier call of
-    their row holds back."""
-    from django_q_signals.models import OutboxCall
-
-    for chunk in chunks(ids):
-        rows = OutboxCall.objects.using(alias).filter(
-            pk__in=chunk, state__in=[OutboxCall.State.QUEUED, OutboxCall.State.SENT]
-        )
-        rows.held_back().update(state=OutboxCall.State.WAITING, due=None)
-
-
-def _names(connection: Any) -> tuple[str, Callable[[str], str]]:
+def table_names(connection: Any) -> tuple[str, Callable[[str], str]]:
     """The outbox table's name and a column's, quoted for ``connection``."""
     from django_q_signals.models import OutboxCall
 
@@ -391,7 +275,7 @@ def chunks(ids: list[T]) -> Iterator[list[T]]:
         yield ids[start : start + PKS_AT_MOST]
 
 
-def _marks(values: Sequence[Any]) -> str:
+def marks(values: Sequence[Any]) -> str:
     return ", ".join(["%s"] * len(values))
 
 
@@ -401,7 +285,7 @@ def keep_one_row(earlier: Call, later: Call) -> None:
     from django_q_signals.models import OutboxCall
 
     if earlier.outbox_id is not None:
-        _delete(earlier.alias, [earlier.outbox_id])
+        delete_rows(earlier.alias, [earlier.outbox_id])
     if later.outbox_id is not None:
         rows = OutboxCall.objects.using(later.alias).filter(pk=later.outbox_id)
         rows.update(payload=pack(later))
@@ -501,13 +385,13 @@ def mark_sent(calls: Iterable[Call], *, resent: bool = False) -> None:
     or failed it keeps what it recorded. The relay (``resent``), which holds
     the rows it sends locked, marks any of them that no live claim holds.
     """
-    by_alias = _ids_by_alias(calls)
-    if not by_alias:
+    ids_by_alias = _ids_by_alias(calls)
+    if not ids_by_alias:
         return  # No outbox rows: the app may not even be installed.
     from django_q_signals.models import OutboxCall
 
     now = timezone.now()
-    for alias, ids in by_alias.items():
+    for alias, ids in ids_by_alias.items():
         for chunk in chunks(ids):
             rows = OutboxCall.objects.using(alias).filter(pk__in=chunk)
             if resent:
@@ -534,103 +418,12 @@ def refs(calls: list[Call]) -> tuple[Ref | None, ...] | None:
     )
 
 
-def _by_alias(refs: Iterable[Ref | None]) -> Iterable[tuple[str, list[int]]]:
+def by_alias(refs: Iterable[Ref | None]) -> Iterable[tuple[str, list[int]]]:
     """Row pks by database alias."""
     ids: dict[str, list[int]] = defaultdict(list)
     for alias, pk in filter(None, refs):
         ids[alias].append(pk)
     return ids.items()
-
-
-class Claim:
-    """The rows one task's run has claimed: nobody else runs them meanwhile."""
-
-    def __init__(self, receiver: Receiver, refs: Iterable[Ref | None]) -> None:
-        self._receiver = receiver
-        self.token = uuid.uuid4().hex
-        now = timezone.now()
-        until = now + timedelta(seconds=_claim_seconds(receiver))
-        self._claimed: set[Ref] = set()
-        #: ``ordered``: per database, the rows (label, pk) whose call ran.
-        self.rows_done: dict[str, set[tuple[str, str]]] = defaultdict(set)
-        in_order = receiver.keeps_order
-        for alias, ids in _by_alias(refs):
-            claimed = _claim(alias, ids, self.token, now, until, in_order=in_order)
-            if in_order and len(claimed) < len(ids):
-                # Held back by an earlier call of their row: waiting. Then
-                # again, as that call may have finished meanwhile and found
-                # nothing waiting to send.
-                rest = sorted(set(ids) - set(claimed))
-                _hold_back(alias, rest)
-                claimed += _claim(alias, rest, self.token, now, until, in_order=True)
-            self._claimed.update((alias, pk) for pk in claimed)
-
-    def holds(self, ref: Ref | None) -> bool:
-        """Whether this run may run the call: claimed, or kept in no row."""
-        return ref is None or ref in self._claimed
-
-    def succeeded(self, refs: Iterable[Ref | None]) -> None:
-        """The handler returned: the calls are done, their rows go."""
-        for alias, ids in _by_alias(ref for ref in refs if ref in self._claimed):
-            if self._receiver.keeps_order:
-                self.rows_done[alias].update(_rows_of(alias, ids, self.token))
-            _delete(alias, ids, claim=self.token)
-
-    def release(self, refs: Iterable[Ref | None]) -> None:
-        """Give back calls this run claimed and did not start: ``queued``
-        again, as if never claimed, to be sent again."""
-        from django_q_signals.models import OutboxCall
-
-        for alias, ids in _by_alias(ref for ref in refs if ref in self._claimed):
-            for chunk in chunks(ids):
-                OutboxCall.objects.using(alias).filter(pk__in=chunk).release(self.token)
-
-    def failed(self, ref: Ref | None, error: BaseException) -> None:
-        """The handler raised: keep the row, with the error and the time of
-        the next attempt if any is left."""
-        from django_q_signals.models import OutboxCall
-
-        if ref is None or ref not in self._claimed:
-            return
-        alias, pk = ref
-        rows = OutboxCall.objects.using(alias).filter(pk=pk, claim=self.token)
-        attempts = rows.values_list("attempts", flat=True).first()
-        if attempts is None:
-            return  # Claimed again since, by another run.
-        text = "".join(traceback.format_exception(error)).strip()
-        rows.mark_failed(self.token, text, _next_attempt(self._receiver, attempts))
-
-
-def _rows_of(alias: str, ids: list[int], claim: str) -> list[tuple[str, str]]:
-    """The rows (label, pk) of the calls ``ids`` that ``claim`` holds."""
-    from django_q_signals.models import OutboxCall
-
-    return [
-        row
-        for chunk in chunks(ids)
-        for row in OutboxCall.objects.using(alias)
-        .filter(pk__in=chunk, claim=claim)
-        .exclude(model="")
-        .values_list("model", "object_pk")
-    ]
-
-
-def _claim_seconds(receiver: Receiver) -> float:
-    """How long a claim lasts: the task's timeout, or Django Q2's ``retry``."""
-    from django_q.conf import Conf
-
-    timeout = receiver.task_options().get("timeout", Conf.TIMEOUT)
-    if timeout is None:
-        timeout = Conf.RETRY
-    return float(timeout) + CLAIM_MARGIN
-
-
-def _next_attempt(receiver: Receiver, attempts: int) -> Any:
-    """When a call that failed ``attempts`` times runs again, or None."""
-    if attempts > receiver.retries:
-        return None
-    backoff = receiver.retry_backoff or 0
-    return timezone.now() + timedelta(seconds=backoff * 2 ** (attempts - 1))
 
 
 def pending(

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from django.db import connections
 
 if TYPE_CHECKING:
-    from django_q_signals._outbox import Claim, Ref
+    from django_q_signals._claim import Claim
+    from django_q_signals._outbox import Ref
 
 logger = logging.getLogger("django_q_signals")
 

@@ -15,7 +15,8 @@ from asgiref.sync import async_to_sync
 from django.core.exceptions import SynchronousOnlyOperation
 
 from django_q_signals import _order, _progress, _send
-from django_q_signals._outbox import Claim, Ref
+from django_q_signals._claim import Claim
+from django_q_signals._outbox import Ref
 from django_q_signals._payload import (
     Arguments,
     Call,
