@@ -19,8 +19,8 @@ from django.utils import timezone
 from django_q.conf import Conf
 
 from django_q_signals import (
-    _claim,
     _brokers,
+    _claim,
     _outbox,
     _payload,
     _relay,
@@ -237,8 +237,6 @@ def test_a_claim_reads_how_long_each_first_attempt_waited_since_its_commit(
     claim.succeeded([("default", first.pk)])
     claim.failed(("default", second.pk), ValueError("no"))
     assert (claim.runs["default"], claim.failures["default"]) == (2, 1)
-
-
 
 
 def test_a_failed_call_keeps_its_error(connect: Connect[Any]) -> None:

@@ -189,7 +189,7 @@ def _returns_rows(connection: Any) -> bool:
     PostgreSQL's, and SQLite's from 3.35; not MariaDB's or MySQL's."""
     return connection.vendor == "postgresql" or (
         connection.vendor == "sqlite"
-        and connection.features.can_return_columns_from_insert
+        and bool(connection.features.can_return_columns_from_insert)
     )
 
 

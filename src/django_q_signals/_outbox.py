@@ -43,6 +43,7 @@ T = TypeVar("T")
 #: Where a queued call's row is: its database alias and its pk.
 Ref = tuple[str, int]
 
+
 def require_app(receiver: Receiver) -> None:
     """Refuse an outbox receiver's call where the outbox cannot exist: raised
     in the signal, before the call could be written or lost."""
@@ -112,9 +113,7 @@ def supersede(calls: list[Call]) -> list[Call]:
         return calls
     for (alias, receiver_name), rows in newest.items():
         _delete_superseded(alias, receiver_name, list(rows.items()))
-    kept = {
-        (alias, pk) for (alias, _), rows in newest.items() for pk in rows.values()
-    }
+    kept = {(alias, pk) for (alias, _), rows in newest.items() for pk in rows.values()}
     return [
         call
         for call in calls
