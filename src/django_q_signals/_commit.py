@@ -47,12 +47,11 @@ def queue_call(call: Call) -> None:
     elif connection.get_autocommit():
         if outbox:
             _outbox.write(call)
-            _outbox.supersede([call])
         send([call])
     elif outbox:
         # Its row commits or rolls back with the data; the relay sends it.
         _outbox.write(call)
-        _outbox.supersede([call])
+        _outbox.delete_superseded(call.alias, [call])
     else:
         # Manual transaction management has no commit callbacks: Django's
         # on_commit refuses it too.
@@ -95,7 +94,7 @@ class _Group:
         self.open, self.previous = False, None
         standing = [call for call in calls if call is not None]
         if standing:
-            send(_outbox.supersede(standing))
+            send(_outbox.latest_calls(standing))
 
     def add(self, call: Call) -> Call | None:
         """Append a call. A coalescing receiver's earlier call for the same

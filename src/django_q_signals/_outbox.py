@@ -14,12 +14,13 @@ import logging
 import pickle
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections, router
+from django.db import connections, router, transaction
 from django.utils import timezone
 
 from django_q_signals._payload import (
@@ -86,78 +87,79 @@ def write(call: Call, replacing: Call | None = None) -> None:
     )
 
 
-#: The rows one superseding DELETE names at most (four parameters each).
-SUPERSEDED_AT_MOST = 100
+def _superseding_aliases(calls: list[Call]) -> set[str]:
+    """The databases of the calls of ``supersede`` receivers among ``calls``
+    (each receiver asked once)."""
+    superseding = {r for r in {call.receiver for call in calls} if r.supersedes}
+    if not superseding:
+        return set()
+    return {call.alias for call in calls if call.receiver in superseding}
 
 
-def supersede(calls: list[Call]) -> list[Call]:
-    """For the calls of ``supersede`` receivers: drop their receiver's calls
-    for their row written before them that have not started, theirs among
-    them; the calls left to send.
-
-    Run once the calls' transaction has committed (or as it writes them, out
-    of one): one DELETE for up to SUPERSEDED_AT_MOST rows, so a large commit
-    pays a few statements, not one a save. A call that started meanwhile is
-    left to finish; the newest call runs after it, or beside it.
-    """
-    newest: dict[tuple[str, str], dict[tuple[str, str], int]] = defaultdict(dict)
-    for call in calls:
-        if call.outbox_id is None or not call.receiver.supersedes:
-            continue
-        instance = call.instance_pk()
-        if instance is None:
-            continue
-        row = (concrete_label(instance[0]), canonical_pk(instance[1]))
-        newest[call.alias, call.receiver.name][row] = call.outbox_id
-    if not newest:
+def latest_calls(calls: list[Call]) -> list[Call]:
+    """``calls`` but those of a ``supersede`` receiver that a later call of
+    ``calls`` for the same row replaces: never sent, their rows go with
+    that call's earlier calls once it is sent (``delete_superseded``)."""
+    if not _superseding_aliases(calls):
         return calls
-    for (alias, receiver_name), rows in newest.items():
-        _delete_superseded(alias, receiver_name, list(rows.items()))
-    kept = {(alias, pk) for (alias, _), rows in newest.items() for pk in rows.values()}
+    last: dict[tuple[str, Any, str, str], int] = {}
+    rows: list[tuple[str, Any, str, str] | None] = []
+    for position, call in enumerate(calls):
+        key = _superseding_key(call)
+        rows.append(key)
+        if key is not None:
+            last[key] = position
+    if not last:
+        return calls
     return [
         call
-        for call in calls
-        if call.outbox_id is None
-        or not call.receiver.supersedes
-        or (call.alias, call.outbox_id) in kept
-        or call.instance_pk() is None
+        for position, (call, key) in enumerate(zip(calls, rows, strict=True))
+        if key is None or last[key] == position
     ]
 
 
-def _delete_superseded(
-    alias: str, receiver_name: str, rows: list[tuple[tuple[str, str], int]]
-) -> None:
-    """Delete the receiver's calls not started of each row written before
-    that row's newest call (``((label, pk), newest id)``)."""
+def _superseding_key(call: Call) -> tuple[str, Any, str, str] | None:
+    """The database, receiver and row a ``supersede`` receiver's call with
+    an outbox row replaces the calls of; None for any other call."""
+    if call.outbox_id is None or not call.receiver.supersedes:
+        return None
+    instance = call.instance_pk()
+    if instance is None:
+        return None
+    label, pk = concrete_label(instance[0]), canonical_pk(instance[1])
+    return call.alias, call.receiver.name, label, pk
+
+
+def delete_superseded(alias: str, calls: Iterable[Call]) -> None:
+    """For the calls of ``supersede`` receivers among ``calls`` (on
+    ``alias``): delete their receiver's calls for their row written before
+    them that have not started. One DELETE a row, a row's whole index key,
+    all sent to the database at once (``executemany``). A call that started
+    meanwhile is left to finish; the newest call runs after it, or beside
+    it."""
     from django_q_signals.models import OutboxCall
 
+    rows = [
+        (*key[1:], call.outbox_id)
+        for call in calls
+        if (key := _superseding_key(call)) is not None and key[0] == alias
+    ]
+    if not rows:
+        return
     connection = connections[alias]
     table, column = table_names(connection)
-    state, due = column("state"), column("due")
-    unstarted = OutboxCall.UNSTARTED
-    # Each row its whole index key, so that every database looks each up in
-    # qsignals_outbox_order.
-    row_sql = (
-        f"({column('receiver')} = %s AND {column('model')} = %s "
-        f"AND {column('object_pk')} = %s AND {column('id')} < %s)"
+    state = column("state")
+    unstarted = [state.value for state in OutboxCall.UNSTARTED]
+    failed = OutboxCall.State.FAILED.value
+    # Failed calls only with a retry to come.
+    sql = (
+        f"DELETE FROM {table} WHERE {column('receiver')} = %s "
+        f"AND {column('model')} = %s AND {column('object_pk')} = %s "
+        f"AND {column('id')} < %s AND {state} IN ({marks([*unstarted, failed])}) "
+        f"AND ({state} <> %s OR {column('due')} IS NOT NULL)"
     )
     with connection.cursor() as cursor:
-        for start in range(0, len(rows), SUPERSEDED_AT_MOST):
-            chunk = rows[start : start + SUPERSEDED_AT_MOST]
-            cursor.execute(
-                f"DELETE FROM {table} WHERE ({' OR '.join([row_sql] * len(chunk))}) "
-                f"AND ({state} IN ({marks(unstarted)}) "
-                f"OR ({state} = %s AND {due} IS NOT NULL))",
-                [
-                    *(
-                        value
-                        for (model_label, object_pk), newest in chunk
-                        for value in (receiver_name, model_label, object_pk, newest)
-                    ),
-                    *(state.value for state in unstarted),
-                    OutboxCall.State.FAILED.value,
-                ],
-            )
+        cursor.executemany(sql, [(*row, *unstarted, failed, failed) for row in rows])
 
 
 #: Per database: the INSERT of an outbox row, whether it returns the pk, and
@@ -376,8 +378,9 @@ def _has_table_or_say_so(alias: str) -> bool:
     return False
 
 
-def mark_sent(calls: Iterable[Call], *, resent: bool = False) -> None:
-    """Record that ``calls`` are on the broker.
+def mark_sent(calls: list[Call], *, resent: bool = False) -> None:
+    """Record that ``calls`` are on the broker, and delete the calls that
+    those of ``supersede`` receivers replace.
 
     A state only moves forward: a call sent after its commit is marked
     ``sent`` only while it is still ``queued``, so a worker that already ran
@@ -390,13 +393,19 @@ def mark_sent(calls: Iterable[Call], *, resent: bool = False) -> None:
     from django_q_signals.models import OutboxCall
 
     now = timezone.now()
+    superseding_on = set() if resent else _superseding_aliases(calls)
     for alias, ids in ids_by_alias.items():
-        for chunk in chunks(ids):
-            rows = OutboxCall.objects.using(alias).filter(pk__in=chunk)
-            if resent:
-                rows.mark_resent(now)
-            else:
-                rows.mark_sent(now)
+        superseding = alias in superseding_on
+        # With the calls they replace deleted: one transaction.
+        with transaction.atomic(using=alias) if superseding else nullcontext():
+            if superseding:
+                delete_superseded(alias, calls)
+            for chunk in chunks(ids):
+                rows = OutboxCall.objects.using(alias).filter(pk__in=chunk)
+                if resent:
+                    rows.mark_resent(now)
+                else:
+                    rows.mark_sent(now)
 
 
 def _ids_by_alias(calls: Iterable[Call]) -> dict[str, list[int]]:
