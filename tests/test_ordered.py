@@ -373,6 +373,45 @@ def test_supersede_keeps_a_call_written_after_the_commits_own(
     )
 
 
+def test_supersede_with_autocommit_off_deletes_in_the_transaction(
+    latest: list[str],
+) -> None:
+    article = Article.objects.create(title="v1")
+    [first] = OutboxCall.objects.values_list("pk", flat=True)
+    transaction.set_autocommit(False)
+    try:
+        save_titles(article, "v2")
+        [second] = OutboxCall.objects.values_list("pk", flat=True)
+        assert second != first  # deleted by the write, in the transaction
+        transaction.rollback()
+        assert list(OutboxCall.objects.values_list("pk", flat=True)) == [first]
+        save_titles(article, "v3")
+        transaction.commit()
+    finally:
+        transaction.set_autocommit(True)
+    _relay.send_again(OutboxCall.objects.all())
+    run_all()
+    assert latest == ["v3"]
+
+
+def test_supersede_in_sync_mode_runs_the_last_call_and_leaves_nothing(
+    connect: Connect[Any],
+) -> None:
+    read: list[str] = []
+
+    @connect(
+        post_save, sender=Article, outbox=True, supersede=True, q_options={"sync": True}
+    )
+    def reindex(instance: Article, **kwargs: Any) -> None:
+        read.append(instance.title)
+
+    with transaction.atomic():
+        article = Article.objects.create(title="v1")
+        save_titles(article, "v2")
+    assert read == ["v2"]
+    assert not OutboxCall.objects.exists()
+
+
 def test_supersede_with_coalesce_and_batch(connect: Connect[Any]) -> None:
     read: list[list[str]] = []
 
