@@ -137,8 +137,6 @@ def delete_superseded(alias: str, calls: Iterable[Call]) -> None:
     all sent to the database at once (``executemany``). A call that started
     meanwhile is left to finish; the newest call runs after it, or beside
     it."""
-    from django_q_signals.models import OutboxCall
-
     rows = [
         (*key[1:], call.outbox_id)
         for call in calls
@@ -146,6 +144,8 @@ def delete_superseded(alias: str, calls: Iterable[Call]) -> None:
     ]
     if not rows:
         return
+    from django_q_signals.models import OutboxCall
+
     connection = connections[alias]
     table, column = table_names(connection)
     state = column("state")
