@@ -20,10 +20,13 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
+
+if TYPE_CHECKING:
+    from django_q_signals.models import RunRecord
 
 logger = logging.getLogger("django_q_signals")
 
@@ -99,8 +102,7 @@ def record(
     )
     try:
         with _own_savepoint(alias):
-            # bulk_create: no model signals for the library's own rows.
-            RunRecord.objects.using(alias).bulk_create([row])
+            _insert(alias, row)
         _prune(alias)
     except DatabaseError:
         logger.warning(
@@ -109,6 +111,26 @@ def record(
             alias,
             exc_info=True,
         )
+
+
+def _insert(alias: str, row: RunRecord) -> None:
+    """One INSERT statement: no transaction of its own around it (as
+    bulk_create() would open), and no model signals for the library's own
+    rows."""
+    connection = connections[alias]
+    fields = [field for field in row._meta.concrete_fields if not field.primary_key]
+    quote = connection.ops.quote_name
+    sql = (
+        f"INSERT INTO {quote(row._meta.db_table)} "
+        f"({', '.join(quote(str(field.column)) for field in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))})"
+    )
+    params = [
+        field.get_db_prep_save(getattr(row, field.attname), connection)
+        for field in fields
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def _own_savepoint(alias: str) -> transaction.Atomic | _Nothing:
@@ -173,12 +195,13 @@ def last_hour(now: datetime | None = None) -> dict[str, Recent]:
             rows = rows.filter(ended__lte=now)
         fields = ("receiver", "runs", "failures", "waits")
         try:
-            for name, ran, failed, counted in rows.values_list(*fields).iterator():
-                runs[name] += ran
-                failures[name] += failed
-                merged = waits.setdefault(name, Counter())
-                for number, count in counted.items():
-                    merged[int(number)] += count
+            with _own_savepoint(alias):
+                for name, ran, failed, counted in rows.values_list(*fields).iterator():
+                    runs[name] += ran
+                    failures[name] += failed
+                    merged = waits.setdefault(name, Counter())
+                    for number, count in counted.items():
+                        merged[int(number)] += count
         except DatabaseError:
             logger.warning(
                 "Could not read the run records of the database %r",
