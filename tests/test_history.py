@@ -12,14 +12,11 @@ from typing import Any
 
 import pytest
 from django.db import connections, transaction
-from django.db.models.signals import post_save
 from django.utils import timezone
 
 from django_q_signals import _history
 from django_q_signals._history import Recent
 from django_q_signals.models import RunRecord
-from django_q_signals.worker import run_call
-from tests.conftest import Connect, path, queued_tasks
 from tests.models import Article
 
 pytestmark = pytest.mark.django_db(databases=["default", "other"])
@@ -245,25 +242,3 @@ def test_the_last_hour_leaves_out_a_database_it_cannot_read(
         # The transaction it failed in can still be used.
         assert Article.objects.create(title="after").pk
     assert "Could not read the run records of the database 'default'" in caplog.text
-
-
-# Through the worker
-
-
-@pytest.mark.xfail(reason="wired by the lead", strict=True)
-@pytest.mark.django_db(transaction=True, databases=["default", "other"])
-def test_a_call_run_by_the_worker_is_recorded(connect: Connect[Any]) -> None:
-    @connect(post_save, sender=Article, outbox=True)
-    def reindex(instance: Article, **kwargs: Any) -> None:
-        if instance.title == "bad":
-            raise ValueError("no")
-
-    Article.objects.create(title="good")
-    Article.objects.create(title="bad")
-    for task in queued_tasks():
-        with contextlib.suppress(ValueError):
-            run_call(*task["args"])
-    recent = _history.last_hour()[path(reindex)]
-    assert (recent.runs, recent.failures, recent.started) == (2, 1, 2)
-    assert recent.median is not None
-    assert recent.median < 60
