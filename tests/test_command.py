@@ -736,7 +736,9 @@ def test_stats_count_each_receivers_calls_in_the_outbox(
     outbox_calls: Callable[..., Any],
 ) -> None:
     shown = blocks(qsignals("--stats"))[path(outbox_calls)]
-    assert shown["outbox"] == "1 sent, 2 failed; the oldest written 0 minutes ago"
+    assert re.fullmatch(
+        r"1 sent, 2 failed; the oldest written \d seconds? ago", shown["outbox"]
+    )
 
 
 @OUTBOX_DATABASES

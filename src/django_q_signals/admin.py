@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
@@ -15,9 +14,9 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-from django.utils.timesince import timesince
 
 from django_q_signals import _dashboard, _order, _payload, _relay
+from django_q_signals._cli.outbox_stats import span
 from django_q_signals.models import OutboxCall, OutboxCallQuerySet
 
 if TYPE_CHECKING:
@@ -90,7 +89,7 @@ class OutboxCallAdmin(ModelAdmin):
 
     @admin.display(description="age", ordering="created")
     def age(self, call: OutboxCall) -> str:
-        return _span(call.created, timezone.now())
+        return span(call.created, timezone.now())
 
     @admin.display(description="progress")
     def progress(self, call: OutboxCall) -> str:
@@ -105,7 +104,7 @@ class OutboxCallAdmin(ModelAdmin):
         if call.due is None:
             return "out of retries"
         now = timezone.now()
-        return f"in {_span(now, call.due)}" if call.due > now else "now"
+        return f"in {span(now, call.due)}" if call.due > now else "now"
 
     @admin.display(description="last error")
     def last_error(self, call: OutboxCall) -> str:
@@ -199,13 +198,3 @@ class OutboxCallAdmin(ModelAdmin):
             f"admin/{opts.app_label}/{opts.model_name}/dashboard.html",
             context,
         )
-
-
-def _span(earlier: datetime, later: datetime) -> str:
-    """The time from ``earlier`` to ``later``: in seconds under a minute
-    (timesince() would say "0 minutes")."""
-    seconds = int((later - earlier) / timedelta(seconds=1))
-    if seconds < 60:
-        seconds = max(seconds, 0)
-        return f"{seconds} second{'' if seconds == 1 else 's'}"
-    return timesince(earlier, later)

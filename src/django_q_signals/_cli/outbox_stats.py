@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db.models import Count, Min
+from django.utils import timezone
 from django.utils.timesince import timesince
 
 from django_q_signals import _history, _relay
@@ -79,8 +80,19 @@ def numbers(names: Iterable[str] = ()) -> dict[str, ReceiverNumbers]:
 
 
 def age(written: datetime) -> str:
-    # timesince() joins its numbers and units with no-break spaces.
-    return timesince(written).replace("\N{NO-BREAK SPACE}", " ")
+    """The time since ``written``, as ``span()`` says it, with plain spaces
+    (timesince() joins its numbers and units with no-break spaces)."""
+    return span(written, timezone.now()).replace("\N{NO-BREAK SPACE}", " ")
+
+
+def span(earlier: datetime, later: datetime) -> str:
+    """The time from ``earlier`` to ``later``: in seconds under a minute
+    (timesince() would say "0 minutes")."""
+    seconds = int((later - earlier) / timedelta(seconds=1))
+    if seconds < 60:
+        seconds = max(seconds, 0)
+        return f"{seconds} second{'' if seconds == 1 else 's'}"
+    return timesince(earlier, later)
 
 
 def failed_calls() -> dict[str, str]:
