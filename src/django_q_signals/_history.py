@@ -14,6 +14,8 @@ right to a bucket's width (about 9%).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import math
 import time
@@ -66,16 +68,13 @@ def histogram(waits: Iterable[float]) -> dict[str, int]:
 def percentile(buckets: Counter[int], fraction: float) -> float | None:
     """The wait ``fraction`` (0.5: the median) of the counted waits are at
     most, in seconds (the nearest rank's bucket); None for no waits."""
-    total = sum(buckets.values())
-    if not total:
+    numbers = sorted(buckets)
+    # How many waits are in each bucket or a faster one.
+    cumulative = list(itertools.accumulate(buckets[number] for number in numbers))
+    if not cumulative or not cumulative[-1]:
         return None
-    rank = max(1, math.ceil(fraction * total))
-    seen = 0
-    for number in sorted(buckets):
-        seen += buckets[number]
-        if seen >= rank:
-            return bucket_value(number)
-    raise AssertionError("unreachable: the ranks add up to the total")
+    rank = max(1, math.ceil(fraction * cumulative[-1]))
+    return bucket_value(numbers[bisect.bisect_left(cumulative, rank)])
 
 
 #: When this process last deleted old records, per database alias.
