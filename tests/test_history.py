@@ -242,3 +242,8 @@ def test_the_last_hour_leaves_out_a_database_it_cannot_read(
         # The transaction it failed in can still be used.
         assert Article.objects.create(title="after").pk
     assert "Could not read the run records of the database 'default'" in caplog.text
+
+
+def test_a_record_says_what_it_counts() -> None:
+    record = RunRecord(receiver="shop.reindex", runs=3, failures=1)
+    assert str(record) == "shop.reindex: 3 ran, 1 failed"

@@ -244,4 +244,4 @@ class RunRecord(models.Model):
         verbose_name = "run record"
 
     def __str__(self) -> str:
-        return f"{self.receiver}: {self.runs} run, {self.failures} failed"
+        return f"{self.receiver}: {self.runs} ran, {self.failures} failed"
