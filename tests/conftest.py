@@ -29,6 +29,9 @@ collect_ignore = (
     else [
         "reliability",
         "test_command.py",
+        "test_dashboard.py",
+        "test_dashboard_browser.py",
+        "test_history.py",
         "test_outbox.py",
         "test_outbox_admin.py",
         "test_outbox_browser.py",

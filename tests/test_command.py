@@ -24,7 +24,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import Signal
 from django.test import override_settings
 
-from django_q_signals import _brokers, _registry
+from django_q_signals import _brokers, _history, _registry
 from django_q_signals._cli import outbox_stats
 from django_q_signals._send import BATCH_TASK, TASK
 from django_q_signals.worker import run_call
@@ -736,7 +736,48 @@ def test_stats_count_each_receivers_calls_in_the_outbox(
     outbox_calls: Callable[..., Any],
 ) -> None:
     shown = blocks(qsignals("--stats"))[path(outbox_calls)]
-    assert shown["outbox"] == "1 sent, 2 failed; the oldest written 0 minutes ago"
+    assert re.fullmatch(
+        r"1 sent, 2 failed; the oldest written \d seconds? ago", shown["outbox"]
+    )
+
+
+@OUTBOX_DATABASES
+def test_stats_show_each_outbox_receivers_last_hour(connect: Connect[Any]) -> None:
+    @connect(custom, outbox=True)
+    def handler(**kwargs: Any) -> None:
+        pass
+
+    _history.record("default", path(handler), runs=3, failures=1, waits=[0.02] * 9)
+    _history.record("other", path(handler), runs=1, failures=0, waits=[4.0])
+    shown = blocks(qsignals("--stats"))[path(handler)]
+    assert shown["outbox"] == "empty"
+    assert shown["last hour"] == (
+        "4 runs, 1 failed; commit to start: median 20 ms, 95th percentile 3.9 s"
+    )
+
+
+@OUTBOX_DATABASES
+def test_stats_say_when_an_outbox_receiver_did_not_run_in_the_last_hour(
+    connect: Connect[Any],
+) -> None:
+    @connect(custom, outbox=True)
+    def idle(**kwargs: Any) -> None:
+        pass
+
+    @connect(custom, outbox=True)
+    def retried(**kwargs: Any) -> None:
+        pass
+
+    @connect(custom)
+    def without_outbox(**kwargs: Any) -> None:
+        pass
+
+    # Its run was a retry: no first attempt, no wait.
+    _history.record("default", path(retried), runs=1, failures=0, waits=[])
+    shown = blocks(qsignals("--stats"))
+    assert shown[path(idle)]["last hour"] == "no runs"
+    assert shown[path(retried)]["last hour"] == "1 run, 0 failed"
+    assert "last hour" not in shown[path(without_outbox)]
 
 
 @OUTBOX_DATABASES

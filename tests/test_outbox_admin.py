@@ -251,3 +251,31 @@ def test_a_call_shows_its_whole_error(
 
 def test_calls_cannot_be_added_by_hand(staff: Client) -> None:
     assert staff.get(f"{CHANGELIST}add/").status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("done", "total", "note", "shown"),
+    [
+        (12, 30, "pages", "40% pages"),
+        (7, None, "", "7"),
+        (None, None, "", "-"),
+    ],
+    ids=["of a total", "a count", "nothing said"],
+)
+def test_the_list_shows_what_a_running_handler_said_of_its_progress(
+    staff: Client, done: float | None, total: float | None, note: str, shown: str
+) -> None:
+    OutboxCall.objects.create(
+        receiver="shop.h",
+        state="running",
+        progress_done=done,
+        progress_total=total,
+        progress_note=note,
+    )
+    page = staff.get(CHANGELIST).content.decode()
+    assert f'<td class="field-progress">{shown}</td>' in page
+
+
+def test_the_list_links_to_the_dashboard(staff: Client) -> None:
+    page = staff.get(CHANGELIST).content.decode()
+    assert f'<a href="{CHANGELIST}dashboard/" class="viewlink">Dashboard</a>' in page

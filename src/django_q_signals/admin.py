@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
-from django.urls import NoReverseMatch, reverse
+from django.urls import NoReverseMatch, URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-from django.utils.timesince import timesince
 
-from django_q_signals import _order, _payload, _relay
+from django_q_signals import _dashboard, _order, _payload, _relay
+from django_q_signals._cli.outbox_stats import span
 from django_q_signals.models import OutboxCall, OutboxCallQuerySet
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ class OutboxCallAdmin(ModelAdmin):
         "state",
         "row",
         "attempts",
+        "progress",
         "next_attempt",
         "age",
         "last_error",
@@ -51,6 +52,7 @@ class OutboxCallAdmin(ModelAdmin):
         "sent",
         "due",
         "waits_for",
+        "progress",
         "error",
     )
     readonly_fields = fields
@@ -87,7 +89,12 @@ class OutboxCallAdmin(ModelAdmin):
 
     @admin.display(description="age", ordering="created")
     def age(self, call: OutboxCall) -> str:
-        return _span(call.created, timezone.now())
+        return span(call.created, timezone.now())
+
+    @admin.display(description="progress")
+    def progress(self, call: OutboxCall) -> str:
+        """What the handler said of how far it is, while it runs."""
+        return call.progress or "-"
 
     @admin.display(description="next attempt", ordering="due")
     def next_attempt(self, call: OutboxCall) -> str:
@@ -97,7 +104,7 @@ class OutboxCallAdmin(ModelAdmin):
         if call.due is None:
             return "out of retries"
         now = timezone.now()
-        return f"in {_span(now, call.due)}" if call.due > now else "now"
+        return f"in {span(now, call.due)}" if call.due > now else "now"
 
     @admin.display(description="last error")
     def last_error(self, call: OutboxCall) -> str:
@@ -163,12 +170,31 @@ class OutboxCallAdmin(ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def get_urls(self) -> list[URLPattern]:
+        opts = self.model._meta
+        dashboard = path(
+            "dashboard/",
+            self.admin_site.admin_view(self.dashboard),
+            name=f"{opts.app_label}_{opts.model_name}_dashboard",
+        )
+        return [dashboard, *super().get_urls()]
 
-def _span(earlier: datetime, later: datetime) -> str:
-    """The time from ``earlier`` to ``later``: in seconds under a minute
-    (timesince() would say "0 minutes")."""
-    seconds = int((later - earlier) / timedelta(seconds=1))
-    if seconds < 60:
-        seconds = max(seconds, 0)
-        return f"{seconds} second{'' if seconds == 1 else 's'}"
-    return timesince(earlier, later)
+    def dashboard(self, request: HttpRequest) -> TemplateResponse:
+        """Per receiver, its calls by state and its last hour, and whether
+        Django Q2 runs the tasks: for staff who may view the outbox."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        opts = self.model._meta
+        request.current_app = self.admin_site.name
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Outbox dashboard",
+            "subtitle": None,
+            "opts": opts,
+            **_dashboard.context(),
+        }
+        return TemplateResponse(
+            request,
+            f"admin/{opts.app_label}/{opts.model_name}/dashboard.html",
+            context,
+        )

@@ -221,3 +221,27 @@ def _earlier_calls() -> OutboxCallQuerySet:
         object_pk=OuterRef("object_pk"),
         pk__lt=OuterRef("pk"),
     ).exclude(model="")
+
+
+class RunRecord(models.Model):
+    """One task run of an outbox receiver on one database, kept for an hour
+    or so: what the dashboard and ``manage.py qsignals --stats`` count."""
+
+    id = models.BigAutoField(primary_key=True)
+    receiver = models.CharField(
+        "handler", max_length=255, help_text="The receiver's name: its dotted path."
+    )
+    ended = models.DateTimeField(db_index=True)
+    runs = models.PositiveIntegerField(help_text="Calls whose handler ran.")
+    failures = models.PositiveIntegerField(help_text="Of those, calls that failed.")
+    waits = models.JSONField(
+        default=dict,
+        help_text="Seconds from commit to start of the calls that started a "
+        "first attempt, counted by log-scale bucket (see _history.bucket).",
+    )
+
+    class Meta:
+        verbose_name = "run record"
+
+    def __str__(self) -> str:
+        return f"{self.receiver}: {self.runs} ran, {self.failures} failed"

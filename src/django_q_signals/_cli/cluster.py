@@ -78,30 +78,51 @@ def clusters() -> list[str] | None:
     )
 
 
+#: What is said of the clusters where ``clusters()`` cannot see them.
+CLUSTERS_NOT_KNOWN = (
+    "not known here: Django Q2 keeps their status in Django's cache, "
+    "and this process's cache is its own (use a shared cache to see them)"
+)
+
+
+class Overview(NamedTuple):
+    """The queues the receivers send to, the clusters running (None: not
+    known here), and a warning if tasks wait while no cluster runs them."""
+
+    queues: list[Queue]
+    clusters: list[str] | None
+
+    @property
+    def warning(self) -> str | None:
+        waiting = sum(queue.waiting or 0 for queue in self.queues)
+        if waiting and self.clusters == []:
+            return (
+                f"{waiting} tasks wait on the broker and no qcluster runs them: "
+                "start one with `python manage.py qcluster`."
+            )
+        return None
+
+
+def overview(receivers: list[Receiver]) -> Overview:
+    """What Django Q2 says of the queues ``receivers`` send to, and of its
+    clusters."""
+    return Overview(queues(receivers), clusters())
+
+
 def lines(receivers: list[Receiver]) -> tuple[list[tuple[str, str]], str | None]:
     """The ``label: value`` lines of the Django Q2 block, and a warning if
     tasks wait while no cluster runs."""
-    found = queues(receivers)
-    running = clusters()
+    seen = overview(receivers)
     said = [
         (
             f"queue {queue.name}",
             "not known" if queue.waiting is None else f"{queue.waiting} tasks waiting",
         )
-        for queue in found
+        for queue in seen.queues
     ]
-    if running is None:
-        unknown = (
-            "not known here: Django Q2 keeps their status in Django's cache, "
-            "and this process's cache is its own (use a shared cache to see them)"
-        )
-        said.append(("clusters", unknown))
-        return said, None
-    said.append(("clusters", ", ".join(running) if running else "none running"))
-    waiting = sum(queue.waiting or 0 for queue in found)
-    if waiting and not running:
-        return said, (
-            f"{waiting} tasks wait on the broker and no qcluster runs them: "
-            "start one with `python manage.py qcluster`."
-        )
-    return said, None
+    if seen.clusters is None:
+        said.append(("clusters", CLUSTERS_NOT_KNOWN))
+    else:
+        running = ", ".join(seen.clusters) if seen.clusters else "none running"
+        said.append(("clusters", running))
+    return said, seen.warning

@@ -75,8 +75,10 @@ class Listing:
         self._line("tasks", numbers.tasks.counted(receiver))
         for failure in numbers.tasks.last_failure(receiver):
             self._line("last failure", failure, self._style.ERROR)
-        if receiver.name in numbers.outbox or receiver.uses_outbox:
-            self._line("outbox", numbers.outbox.get(receiver.name, "empty"))
+        outbox = numbers.outbox.get(receiver.name)
+        if outbox is not None:
+            self._line("outbox", outbox.described())
+            self._line("last hour", outbox.described_recent())
         if receiver.name in numbers.failed:
             self._line("failed calls", numbers.failed[receiver.name], self._style.ERROR)
         if receiver.name in numbers.held_back:
@@ -105,8 +107,8 @@ class _Stats:
 
     def __init__(self, receivers: list[Receiver]) -> None:
         self.tasks = SavedTasks(receivers)
-        with_outbox = any(receiver.uses_outbox for receiver in receivers)
-        self.outbox = outbox_stats.counts() if with_outbox else {}
+        with_outbox = [receiver.name for receiver in receivers if receiver.uses_outbox]
+        self.outbox = outbox_stats.numbers(with_outbox) if with_outbox else {}
         self.failed = outbox_stats.failed_calls() if with_outbox else {}
         self.held_back = outbox_stats.holding_back() if with_outbox else {}
 
