@@ -1084,6 +1084,25 @@ def test_stats_cannot_see_clusters_without_django_q2s_cache(
 
 
 @pytest.mark.django_db(databases=["default", "other"])
+def test_stats_say_when_the_clusters_status_cannot_be_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if not _brokers.is_orm(None):
+        pytest.skip("the Redis broker keeps clusters' status in Redis")
+    # Django Q2 keeps it in Django's cache: here a Redis nobody listens for.
+    down = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+        }
+    }
+    with override_settings(CACHES=down):
+        said = django_q2_block(qsignals("--stats"))
+    assert said["clusters"].startswith("not known: their status could not be read")
+    assert "Could not read the clusters' status" in caplog.text
+
+
+@pytest.mark.django_db(databases=["default", "other"])
 def test_stats_do_not_hide_a_broker_that_does_not_answer(
     connect: Connect[Any], caplog: pytest.LogCaptureFixture
 ) -> None:

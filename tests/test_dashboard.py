@@ -178,7 +178,6 @@ def test_it_says_when_it_cannot_see_the_clusters(
     assert "qsignals-warning" not in page
 
 
-@pytest.mark.xfail(reason="wired by the lead", strict=True)
 @pytest.mark.django_db(transaction=True, databases=["default", "other"])
 def test_a_call_run_by_the_worker_is_counted_on_the_dashboard(
     viewer: Client, connect: Connect[Any]

@@ -95,6 +95,22 @@ class Claim:
                 waits[alias].append(claimed.waited)
         return waits
 
+    def record(self) -> None:
+        """Leave what this run did for the dashboard: per database, one
+        record of the calls whose handler ran, those that failed, and their
+        waits from commit to start."""
+        from django_q_signals import _history
+
+        waits = self.waits()
+        for alias in sorted(set(self.runs) | set(waits)):
+            _history.record(
+                alias,
+                self._receiver.name,
+                runs=self.runs[alias],
+                failures=self.failures[alias],
+                waits=waits.get(alias, []),
+            )
+
     def succeeded(self, refs: Iterable[Ref | None]) -> None:
         """The handler returned: the calls are done, their rows go."""
         for alias, ids in by_alias(ref for ref in refs if ref in self._claimed):

@@ -38,7 +38,7 @@ def context() -> dict[str, Any]:
         "lines": [_line(each) for each in numbers.values()],
         "queues": seen.queues,
         "clusters": seen.clusters,
-        "clusters_not_known": cluster.CLUSTERS_NOT_KNOWN,
+        "clusters_not_known": seen.not_known,
         "warning": seen.warning,
     }
 

@@ -45,18 +45,34 @@ def run_call(payload: Any, outbox: Ref | None = None) -> Any:
             _log_not_claimed(receiver, [outbox])
             return None
         try:
-            try:
-                arguments = open_call(read_payload.body, receiver, read_payload.alias)
-            except ValueError as exc:
-                raise ValueError(f"A call to {receiver.name} failed: {exc}") from exc
-            with limit.handler(), _progress.reporting(claim, outbox):
-                result = _run_handler(receiver, arguments, Rows(receiver, [arguments]))
-        except BaseException as exc:
-            if claim and _is_failure(exc):
-                claim.failed(outbox, exc)
-            raise
-        if claim:
-            _succeeded(receiver, claim, [outbox])
+            return _run_claimed(receiver, read_payload, limit, claim, outbox)
+        finally:
+            if claim:
+                claim.record()
+
+
+def _run_claimed(
+    receiver: Receiver,
+    read_payload: Payload,
+    limit: TimeLimit,
+    claim: Claim | None,
+    outbox: Ref | None,
+) -> Any:
+    """``run_call``'s call, once its row is claimed (if it has one): the
+    handler's result, and what became of the call recorded on its row."""
+    try:
+        try:
+            arguments = open_call(read_payload.body, receiver, read_payload.alias)
+        except ValueError as exc:
+            raise ValueError(f"A call to {receiver.name} failed: {exc}") from exc
+        with limit.handler(), _progress.reporting(claim, outbox):
+            result = _run_handler(receiver, arguments, Rows(receiver, [arguments]))
+    except BaseException as exc:
+        if claim and _is_failure(exc):
+            claim.failed(outbox, exc)
+        raise
+    if claim:
+        _succeeded(receiver, claim, [outbox])
     return result
 
 
@@ -180,7 +196,10 @@ class _Batch:
 
     def record_done(self) -> None:
         if self.claim:
-            _succeeded(self.receiver, self.claim, self.done)
+            try:
+                _succeeded(self.receiver, self.claim, self.done)
+            finally:
+                self.claim.record()
 
     def _cut_short(
         self, cut: BaseException, cut_call: _Opened | None, rest: list[_Opened]

@@ -71,17 +71,31 @@ def clusters() -> list[str] | None:
             return None
         if isinstance(cache, (LocMemCache, DummyCache)):
             return None
-    stats = Stat.get_all(broker=broker)
+    try:
+        stats = Stat.get_all(broker=broker)
+    except Exception:
+        logger.warning("Could not read the clusters' status", exc_info=True)
+        raise ClustersUnreadable from None
     return sorted(
         f"{stat.host}:{stat.pid} ({len(stat.workers)} workers, {stat.status})"
         for stat in stats
     )
 
 
+class ClustersUnreadable(Exception):
+    """Where Django Q2 keeps its clusters' status could not be read (a
+    broker or cache down): logged with its cause."""
+
+
 #: What is said of the clusters where ``clusters()`` cannot see them.
 CLUSTERS_NOT_KNOWN = (
     "not known here: Django Q2 keeps their status in Django's cache, "
     "and this process's cache is its own (use a shared cache to see them)"
+)
+#: What is said of them where reading their status failed.
+CLUSTERS_UNREADABLE = (
+    "not known: their status could not be read (the broker or cache did not "
+    "answer; the log has the error)"
 )
 
 
@@ -91,6 +105,8 @@ class Overview(NamedTuple):
 
     queues: list[Queue]
     clusters: list[str] | None
+    #: Why the clusters are not known, where they are not.
+    not_known: str = CLUSTERS_NOT_KNOWN
 
     @property
     def warning(self) -> str | None:
@@ -106,7 +122,11 @@ class Overview(NamedTuple):
 def overview(receivers: list[Receiver]) -> Overview:
     """What Django Q2 says of the queues ``receivers`` send to, and of its
     clusters."""
-    return Overview(queues(receivers), clusters())
+    found = queues(receivers)
+    try:
+        return Overview(found, clusters())
+    except ClustersUnreadable:
+        return Overview(found, None, CLUSTERS_UNREADABLE)
 
 
 def lines(receivers: list[Receiver]) -> tuple[list[tuple[str, str]], str | None]:
@@ -121,7 +141,7 @@ def lines(receivers: list[Receiver]) -> tuple[list[tuple[str, str]], str | None]
         for queue in seen.queues
     ]
     if seen.clusters is None:
-        said.append(("clusters", CLUSTERS_NOT_KNOWN))
+        said.append(("clusters", seen.not_known))
     else:
         running = ", ".join(seen.clusters) if seen.clusters else "none running"
         said.append(("clusters", running))
