@@ -346,9 +346,11 @@ def test_a_large_commit_supersedes_each_rows_older_calls_at_once(
         for article in articles:
             article.title = article.title.replace("v1", "v2")
             article.save()
-    # One executemany, which Django records as "N times: SQL".
+    # One statement, or one executemany, which Django records as "N times:
+    # SQL".
     [deletes] = [q["sql"] for q in queries if "DELETE" in q["sql"]]
-    assert deletes.startswith(f"{rows} times: DELETE")
+    if connection.vendor != "postgresql":
+        assert deletes.startswith(f"{rows} times: DELETE")
     assert OutboxCall.objects.count() == rows
     run_all()
     assert sorted(latest) == sorted(f"{i} v2" for i in range(rows))

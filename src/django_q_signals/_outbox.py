@@ -133,15 +133,18 @@ def _superseding_key(call: Call) -> tuple[str, Any, str, str] | None:
 def delete_superseded(alias: str, calls: Iterable[Call]) -> None:
     """For the calls of ``supersede`` receivers among ``calls`` (on
     ``alias``): delete their receiver's calls for their row written before
-    them that have not started. One DELETE a row, a row's whole index key,
-    all sent to the database at once (``executemany``). A call that started
-    meanwhile is left to finish; the newest call runs after it, or beside
-    it."""
-    rows = [
-        (*key[1:], call.outbox_id)
-        for call in calls
-        if (key := _superseding_key(call)) is not None and key[0] == alias
-    ]
+    them that have not started. A call that started meanwhile is left to
+    finish; the newest call runs after it, or beside it.
+
+    On PostgreSQL, one DELETE a receiver, joined to the rows as arrays;
+    elsewhere one DELETE a row, each by the row's whole index key, all sent
+    at once (``executemany``: SQLite runs them in the process)."""
+    rows: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
+    for call in calls:
+        key = _superseding_key(call)
+        if key is not None and key[0] == alias:
+            assert call.outbox_id is not None
+            rows[key[1]].append((key[2], key[3], call.outbox_id))
     if not rows:
         return
     from django_q_signals.models import OutboxCall
@@ -151,15 +154,32 @@ def delete_superseded(alias: str, calls: Iterable[Call]) -> None:
     state = column("state")
     unstarted = [state.value for state in OutboxCall.UNSTARTED]
     failed = OutboxCall.State.FAILED.value
-    # Failed calls only with a retry to come.
-    sql = (
-        f"DELETE FROM {table} WHERE {column('receiver')} = %s "
-        f"AND {column('model')} = %s AND {column('object_pk')} = %s "
-        f"AND {column('id')} < %s AND {state} IN ({marks([*unstarted, failed])}) "
-        f"AND ({state} <> %s OR {column('due')} IS NOT NULL)"
+    # Not started: failed calls only with a retry to come.
+    not_started = (
+        f"{table}.{state} IN ({marks([*unstarted, failed])}) "
+        f"AND ({table}.{state} <> %s OR {table}.{column('due')} IS NOT NULL)"
     )
+    states = [*unstarted, failed, failed]
     with connection.cursor() as cursor:
-        cursor.executemany(sql, [(*row, *unstarted, failed, failed) for row in rows])
+        for receiver_name, of_receiver in rows.items():
+            if connection.vendor == "postgresql":
+                labels, pks, newest = map(list, zip(*of_receiver, strict=True))
+                cursor.execute(
+                    f"DELETE FROM {table} USING unnest(%s::text[], %s::text[], "
+                    "%s::bigint[]) AS v(label, pk, newest) "
+                    f"WHERE {table}.{column('receiver')} = %s "
+                    f"AND {table}.{column('model')} = v.label "
+                    f"AND {table}.{column('object_pk')} = v.pk "
+                    f"AND {table}.{column('id')} < v.newest AND {not_started}",
+                    [labels, pks, newest, receiver_name, *states],
+                )
+                continue
+            cursor.executemany(
+                f"DELETE FROM {table} WHERE {column('receiver')} = %s "
+                f"AND {column('model')} = %s AND {column('object_pk')} = %s "
+                f"AND {column('id')} < %s AND {not_started}",
+                [(receiver_name, *row, *states) for row in of_receiver],
+            )
 
 
 #: Per database: the INSERT of an outbox row, whether it returns the pk, and
