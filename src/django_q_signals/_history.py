@@ -21,8 +21,9 @@ import math
 import time
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
@@ -79,6 +80,8 @@ def percentile(buckets: Counter[int], fraction: float) -> float | None:
 
 #: When this process last deleted old records, per database alias.
 _pruned_at: dict[str, float] = {}
+#: The databases this process could not write a record to, and said so.
+_failed_on: set[str] = set()
 
 
 def record(
@@ -104,12 +107,18 @@ def record(
             _insert(alias, row)
         _prune(alias)
     except DatabaseError:
-        logger.warning(
-            "Could not record a run of %s on the database %r",
-            receiver_name,
-            alias,
-            exc_info=True,
-        )
+        # Once a process and database: a table missing (migration 0006 not
+        # applied) would otherwise say so at every task.
+        if alias not in _failed_on:
+            _failed_on.add(alias)
+            logger.warning(
+                "Could not record a run of %s on the database %r, for the "
+                "outbox dashboard (is migration django_q_signals 0006 applied "
+                "there?); this process does not say so again",
+                receiver_name,
+                alias,
+                exc_info=True,
+            )
 
 
 def _insert(alias: str, row: RunRecord) -> None:
@@ -132,22 +141,14 @@ def _insert(alias: str, row: RunRecord) -> None:
         cursor.execute(sql, params)
 
 
-def _own_savepoint(alias: str) -> transaction.Atomic | _Nothing:
+def _own_savepoint(alias: str) -> AbstractContextManager[Any]:
     """Inside a transaction (a test, a task run in the caller's transaction),
     a savepoint, so that a failed write leaves the transaction usable; in
     autocommit, as the worker runs, nothing: one statement is its own
     transaction."""
     if connections[alias].in_atomic_block:
         return transaction.atomic(using=alias)
-    return _Nothing()
-
-
-class _Nothing:
-    def __enter__(self) -> None:
-        pass
-
-    def __exit__(self, *exc_info: object) -> None:
-        pass
+    return nullcontext()
 
 
 def _prune(alias: str) -> None:
@@ -160,10 +161,14 @@ def _prune(alias: str) -> None:
     if last is not None and now - last < PRUNE_EVERY:
         return
     _pruned_at[alias] = now
-    with _own_savepoint(alias):
-        old = RunRecord.objects.using(alias).filter(ended__lt=timezone.now() - KEPT_FOR)
-        # A plain DELETE: the records have no relations, and no signals.
-        old._raw_delete(alias)
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    table = quote(RunRecord._meta.db_table)
+    ended = quote(str(RunRecord._meta.get_field("ended").column))
+    cutoff = connection.ops.adapt_datetimefield_value(timezone.now() - KEPT_FOR)
+    # A plain DELETE: the records have no relations, and no signals.
+    with _own_savepoint(alias), connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {table} WHERE {ended} < %s", [cutoff])
 
 
 class Recent(NamedTuple):
