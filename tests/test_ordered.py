@@ -550,6 +550,22 @@ def test_calls_without_a_row_do_not_wait(connect: Connect[Any]) -> None:
     assert not call.earlier_calls().exists()
 
 
+def test_calls_without_a_row_supersede_nothing(connect: Connect[Any]) -> None:
+    read: list[int] = []
+
+    @connect(custom, outbox=True, supersede=True)
+    def tally(n: int, **kwargs: Any) -> None:
+        read.append(n)
+
+    custom.send(sender=None, n=1)
+    with transaction.atomic():
+        custom.send(sender=None, n=2)
+        custom.send(sender=None, n=3)
+    assert OutboxCall.objects.count() == 3
+    run_all()
+    assert read == [1, 2, 3]
+
+
 def test_stats_name_the_first_rows_holding_calls_back(seen: list[str]) -> None:
     receiver_name = "tests.test_ordered.seen.<locals>.index"
     assert any(receiver.name == receiver_name for receiver in all_receivers())

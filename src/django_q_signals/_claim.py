@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from django.conf import settings
 from django.db import connections
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from django_q_signals._outbox import (
     Ref,
@@ -218,10 +217,10 @@ def _datetime_reader(connection: Any) -> Any:
     def read(value: Any) -> datetime | None:
         if value is None:
             return None
-        value = parse_datetime(value) if isinstance(value, str) else value
-        if value is not None and settings.USE_TZ and timezone.is_naive(value):
-            value = timezone.make_aware(value, dt_timezone.utc)
-        return value  # type: ignore[no-any-return]
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else value
+        return (
+            timezone.make_aware(parsed, dt_timezone.utc) if settings.USE_TZ else parsed
+        )
 
     return read
 

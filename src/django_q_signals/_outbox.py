@@ -102,18 +102,12 @@ def latest_calls(calls: list[Call]) -> list[Call]:
     that call's earlier calls once it is sent (``delete_superseded``)."""
     if not _superseding_aliases(calls):
         return calls
-    last: dict[tuple[str, Any, str, str], int] = {}
-    rows: list[tuple[str, Any, str, str] | None] = []
-    for position, call in enumerate(calls):
-        key = _superseding_key(call)
-        rows.append(key)
-        if key is not None:
-            last[key] = position
-    if not last:
-        return calls
+    keys = [_superseding_key(call) for call in calls]
+    # Where each row's last call is.
+    last = {key: position for position, key in enumerate(keys) if key is not None}
     return [
         call
-        for position, (call, key) in enumerate(zip(calls, rows, strict=True))
+        for position, (call, key) in enumerate(zip(calls, keys, strict=True))
         if key is None or last[key] == position
     ]
 
