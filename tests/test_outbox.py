@@ -27,7 +27,7 @@ from django_q_signals import (
     async_receiver,
     pending,
 )
-from django_q_signals.models import OutboxCall
+from django_q_signals.models import OutboxCall, RunRecord
 from django_q_signals.worker import BatchError, run_batch, run_call
 from tests.conftest import (
     Connect,
@@ -236,7 +236,14 @@ def test_a_claim_reads_how_long_each_first_attempt_waited_since_its_commit(
     assert claim.holds(("default", second.pk))
     claim.succeeded([("default", first.pk)])
     claim.failed(("default", second.pk), ValueError("no"))
-    assert (claim.runs["default"], claim.failures["default"]) == (2, 1)
+    assert OutboxCall.objects.count() == 2  # the done call goes at the end
+    claim.finish()
+    assert list(OutboxCall.objects.values_list("pk", "state")) == [
+        (second.pk, State.FAILED)
+    ]
+    [record] = RunRecord.objects.all()
+    assert (record.receiver, record.runs, record.failures) == (first.receiver, 2, 1)
+    assert sum(record.waits.values()) == 1
 
 
 def test_a_failed_call_keeps_its_error(connect: Connect[Any]) -> None:

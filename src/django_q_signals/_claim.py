@@ -19,7 +19,7 @@ from datetime import timezone as dt_timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.conf import settings
-from django.db import connections
+from django.db import connections, transaction
 from django.utils import timezone
 
 from django_q_signals._outbox import (
@@ -69,6 +69,8 @@ class Claim:
         #: Per database: the calls whose handler ran, and those that failed.
         self.runs: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
+        #: Per database: the pks of the calls whose handler returned.
+        self._done: dict[str, list[int]] = defaultdict(list)
         in_order = receiver.keeps_order
         for alias, ids in by_alias(refs):
             claimed = _claim(alias, ids, self.token, now, until, in_order=in_order)
@@ -94,30 +96,36 @@ class Claim:
                 waits[alias].append(claimed.waited)
         return waits
 
-    def record(self) -> None:
-        """Leave what this run did for the dashboard: per database, one
-        record of the calls whose handler ran, those that failed, and their
-        waits from commit to start."""
+    def succeeded(self, refs: Iterable[Ref | None]) -> None:
+        """The handler returned: the calls are done, their rows go when the
+        run finishes (``finish``)."""
+        for alias, ids in by_alias(ref for ref in refs if ref in self._claimed):
+            self.runs[alias] += len(ids)
+            self._done[alias] += ids
+
+    def finish(self) -> None:
+        """The run is over: per database, one transaction deletes the rows
+        of the calls whose handler returned and leaves a record of the run
+        for the dashboard (``_history``): its calls run and failed, and
+        their waits from commit to start."""
         from django_q_signals import _history
 
         waits = self.waits()
-        for alias in sorted(set(self.runs) | set(waits)):
-            _history.record(
-                alias,
-                self._receiver.name,
-                runs=self.runs[alias],
-                failures=self.failures[alias],
-                waits=waits.get(alias, []),
-            )
-
-    def succeeded(self, refs: Iterable[Ref | None]) -> None:
-        """The handler returned: the calls are done, their rows go."""
-        for alias, ids in by_alias(ref for ref in refs if ref in self._claimed):
-            self.runs[alias] += len(ids)
-            if self._receiver.keeps_order:
-                rows = (self._claimed[alias, pk].row for pk in ids)
-                self.rows_done[alias].update(row for row in rows if row)
-            delete_rows(alias, ids, claim=self.token)
+        for alias in sorted(set(self._done) | set(self.runs) | set(waits)):
+            done = self._done.pop(alias, [])
+            with transaction.atomic(using=alias):
+                if done:
+                    if self._receiver.keeps_order:
+                        rows = (self._claimed[alias, pk].row for pk in done)
+                        self.rows_done[alias].update(row for row in rows if row)
+                    delete_rows(alias, done, claim=self.token)
+                _history.record(
+                    alias,
+                    self._receiver.name,
+                    runs=self.runs[alias],
+                    failures=self.failures[alias],
+                    waits=waits.get(alias, []),
+                )
 
     def release(self, refs: Iterable[Ref | None]) -> None:
         """Give back calls this run claimed and did not start: ``queued``

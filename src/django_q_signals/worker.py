@@ -48,7 +48,7 @@ def run_call(payload: Any, outbox: Ref | None = None) -> Any:
             return _run_claimed(receiver, read_payload, limit, claim, outbox)
         finally:
             if claim:
-                claim.record()
+                _finish(receiver, claim)
 
 
 def _run_claimed(
@@ -72,7 +72,7 @@ def _run_claimed(
             claim.failed(outbox, exc)
         raise
     if claim:
-        _succeeded(receiver, claim, [outbox])
+        claim.succeeded([outbox])
     return result
 
 
@@ -196,10 +196,8 @@ class _Batch:
 
     def record_done(self) -> None:
         if self.claim:
-            try:
-                _succeeded(self.receiver, self.claim, self.done)
-            finally:
-                self.claim.record()
+            self.claim.succeeded(self.done)
+            _finish(self.receiver, self.claim)
 
     def _cut_short(
         self, cut: BaseException, cut_call: _Opened | None, rest: list[_Opened]
@@ -230,10 +228,11 @@ class _Batch:
             return cut
 
 
-def _succeeded(receiver: Receiver, claim: Claim, refs: list[Ref | None]) -> None:
-    """The calls ran: their rows go, and, for an ordered receiver, the next
-    waiting call of each of their rows is sent."""
-    claim.succeeded(refs)
+def _finish(receiver: Receiver, claim: Claim) -> None:
+    """The run is over: the rows of the calls that ran go, the run is
+    recorded, and, for an ordered receiver, the next waiting call of each of
+    their rows is sent."""
+    claim.finish()
     if claim.rows_done:
         _order.send_next(receiver.name, claim.rows_done)
 
