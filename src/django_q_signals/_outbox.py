@@ -146,7 +146,7 @@ def delete_superseded(alias: str, calls: Iterable[Call]) -> None:
     connection = connections[alias]
     table, column = table_names(connection)
     state = column("state")
-    unstarted = [state.value for state in OutboxCall.UNSTARTED]
+    unstarted = [choice.value for choice in OutboxCall.UNSTARTED]
     failed = OutboxCall.State.FAILED.value
     # Not started: failed calls only with a retry to come.
     not_started = (

@@ -140,21 +140,13 @@ class OutboxCallAdmin(ModelAdmin):
             count = _order.discard(queryset)
             self.message_user(request, f"Discarded {count} call(s).", messages.SUCCESS)
             return None
-        opts = self.model._meta
-        request.current_app = self.admin_site.name
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Discard outbox calls",
-            "subtitle": None,
-            "opts": opts,
-            "calls": queryset.order_by("pk"),
-            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-            "media": self.media,
-        }
-        return TemplateResponse(
+        return self._page(
             request,
-            f"admin/{opts.app_label}/{opts.model_name}/discard_confirmation.html",
-            context,
+            "discard_confirmation.html",
+            "Discard outbox calls",
+            calls=queryset.order_by("pk"),
+            action_checkbox_name=helpers.ACTION_CHECKBOX_NAME,
+            media=self.media,
         )
 
     def get_actions(
@@ -184,17 +176,24 @@ class OutboxCallAdmin(ModelAdmin):
         Django Q2 runs the tasks: for staff who may view the outbox."""
         if not self.has_view_permission(request):
             raise PermissionDenied
+        return self._page(
+            request, "dashboard.html", "Outbox dashboard", **_dashboard.context()
+        )
+
+    def _page(
+        self, request: HttpRequest, template: str, title: str, **context: Any
+    ) -> TemplateResponse:
+        """One of the outbox's own admin pages, in the admin's frame."""
         opts = self.model._meta
         request.current_app = self.admin_site.name
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Outbox dashboard",
-            "subtitle": None,
-            "opts": opts,
-            **_dashboard.context(),
-        }
         return TemplateResponse(
             request,
-            f"admin/{opts.app_label}/{opts.model_name}/dashboard.html",
-            context,
+            f"admin/{opts.app_label}/{opts.model_name}/{template}",
+            {
+                **self.admin_site.each_context(request),
+                "title": title,
+                "subtitle": None,
+                "opts": opts,
+                **context,
+            },
         )
