@@ -297,8 +297,11 @@ def test_supersede_leaves_running_and_failed_for_good_calls(
         row.pk = None
         row.state, row.due = state, due
         row.save()
+    purge()
     save_titles(article, "v2")
-    assert states() == [State.RUNNING, State.FAILED, State.SENT]
+    # v2's call took the place of the newest call not started: no task.
+    assert states() == [State.RUNNING, State.FAILED, State.WAITING]
+    assert not take_tasks()
 
 
 def test_supersede_in_one_transaction_runs_the_last_call(latest: list[str]) -> None:
@@ -328,7 +331,7 @@ def test_supersede_on_another_database(latest: list[str]) -> None:
     assert latest == ["v3"]
 
 
-def test_a_large_commit_supersedes_each_rows_older_calls_at_once(
+def test_a_large_commit_takes_the_place_of_each_rows_calls_at_once(
     latest: list[str],
 ) -> None:
     from django.db import connection
@@ -338,41 +341,44 @@ def test_a_large_commit_supersedes_each_rows_older_calls_at_once(
     articles = Article.objects.bulk_create(
         [Article(title=f"{i} v1") for i in range(rows)]
     )
-    for article in articles:  # one commit each: a call each to supersede
+    for article in articles:  # one commit each: a call each on the broker
         article.save()
-    assert OutboxCall.objects.count() == rows
-    purge()
+    on_the_broker = take_tasks()
+    assert len(on_the_broker) == rows
     with CaptureQueriesContext(connection) as queries, transaction.atomic():
         for article in articles:
             article.title = article.title.replace("v1", "v2")
             article.save()
-    # One statement, or one executemany, which Django records as "N times:
-    # SQL".
-    [deletes] = [q["sql"] for q in queries if "DELETE" in q["sql"]]
-    if connection.vendor != "postgresql":
-        assert deletes.startswith(f"{rows} times: DELETE")
+    # Each new call took its row's older call's place, in one executemany
+    # (which Django records as "N times: SQL"), and no task was sent.
+    statements = [q["sql"] for q in queries]
+    [took] = [sql for sql in statements if "UPDATE" in sql and "payload_of" in sql]
+    assert took.startswith(f"{rows} times: UPDATE")
+    assert not take_tasks()
     assert OutboxCall.objects.count() == rows
-    run_all()
+    for task in on_the_broker:
+        run(task)
     assert sorted(latest) == sorted(f"{i} v2" for i in range(rows))
+    assert not OutboxCall.objects.exists()
 
 
-def test_supersede_keeps_a_call_written_after_the_commits_own(
+def test_a_call_a_later_one_already_replaces_is_not_sent(
     latest: list[str],
 ) -> None:
     article = Article.objects.create(title="v1")
     [older] = OutboxCall.objects.all()
+    take_tasks()
     with transaction.atomic():
         save_titles(article, "v2")
         [own] = OutboxCall.objects.exclude(pk=older.pk)
         # Another transaction's call for the row, written after this one's
-        # and committed first.
+        # and committed first: on the broker, it starts after this commit.
         own.pk = None
         own.state = State.SENT
         own.save()
         later = own.pk
-    assert sorted(OutboxCall.objects.values_list("pk", flat=True)) == sorted(
-        [later, later - 1]
-    )
+    assert sorted(OutboxCall.objects.values_list("pk", flat=True)) == [older.pk, later]
+    assert not take_tasks()
 
 
 def test_supersede_with_autocommit_off_deletes_in_the_transaction(

@@ -5,7 +5,8 @@ next attempt, or given back unstarted.
 
 An ``ordered`` receiver's call that an earlier call of its row holds back
 is not claimed: it is marked ``waiting`` here, and ``_order`` sends it when
-that call is done.
+that call is done. A ``supersede`` receiver's claim reads the calls from the
+rows, as a later call may have taken a row's place (``_supersede``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import traceback
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -29,6 +30,7 @@ from django_q_signals._outbox import (
     delete_rows,
     marks,
     table_names,
+    unpack,
 )
 
 if TYPE_CHECKING:
@@ -38,8 +40,10 @@ if TYPE_CHECKING:
 #: little after its timeout, not at once.
 CLAIM_MARGIN = 5
 
-#: What a claim reads of each row it took.
+#: What a claim reads of each row it took; and the call, where a later
+#: call may have taken the row's place.
 _CLAIMED_COLUMNS = ("id", "model", "object_pk", "created", "sent", "attempts")
+_WITH_PAYLOAD = (*_CLAIMED_COLUMNS, "payload")
 
 
 class Claimed(NamedTuple):
@@ -53,6 +57,8 @@ class Claimed(NamedTuple):
     waited: float | None
     #: Its attempts, this one included.
     attempts: int
+    #: The call as the row holds it, where the claim read it.
+    payload: bytes | None = None
 
 
 class Claim:
@@ -72,20 +78,38 @@ class Claim:
         #: Per database: the pks of the calls whose handler returned.
         self._done: dict[str, list[int]] = defaultdict(list)
         in_order = receiver.keeps_order
+        read = receiver.supersedes
         for alias, ids in by_alias(refs):
-            claimed = _claim(alias, ids, self.token, now, until, in_order=in_order)
+            claimed = _claim(
+                alias, ids, self.token, now, until, in_order=in_order, read=read
+            )
             if in_order and len(claimed) < len(ids):
                 # Held back by an earlier call of their row: waiting. Then
                 # again, as that call may have finished meanwhile and found
                 # nothing waiting to send.
                 rest = sorted(set(ids) - set(claimed))
                 hold_back(alias, rest)
-                claimed |= _claim(alias, rest, self.token, now, until, in_order=True)
+                claimed |= _claim(
+                    alias, rest, self.token, now, until, in_order=True, read=read
+                )
             self._claimed.update(((alias, pk), row) for pk, row in claimed.items())
 
     def holds(self, ref: Ref | None) -> bool:
         """Whether this run may run the call: claimed, or kept in no row."""
         return ref is None or ref in self._claimed
+
+    def call(self, ref: Ref | None, sent: Any) -> Any:
+        """The call to run for ``ref``: as its row holds it, where the claim
+        read it (a later call may have taken the row's place), else as the
+        task carried it (``sent``). ValueError if the row holds no call of
+        this receiver."""
+        claimed = self._claimed.get(ref) if ref else None
+        if claimed is None or claimed.payload is None:
+            return sent
+        name, _, data = unpack(bytes(claimed.payload))
+        if name != self._receiver.name:
+            raise ValueError(f"its outbox row holds a call of {name}")
+        return data
 
     def waits(self) -> dict[str, list[float]]:
         """Per database: the claimed calls' waits from commit to start, for
@@ -161,12 +185,14 @@ def _claim(
     until: datetime,
     *,
     in_order: bool = False,
+    read: bool = False,
 ) -> dict[int, Claimed]:
     """Claim the rows no live run has, until ``until``: plain UPDATEs of at
     most PKS_AT_MOST pks, in autocommit, which return what they claimed
     where the database can (PostgreSQL, SQLite), and are followed by a
     SELECT of it elsewhere. ``in_order``: only rows with no earlier call of
-    their receiver for their row. The rows claimed, by pk."""
+    their receiver for their row. ``read``: with their calls' payloads. The
+    rows claimed, by pk."""
     from django_q_signals.models import OutboxCall
 
     connection = connections[alias]
@@ -175,13 +201,17 @@ def _claim(
         # Its UPDATE cannot read its own table: the waiting ones first.
         ids = sorted(set(ids) - set(_held_back_by_earlier(alias, ids)))
         in_order = False
+    columns = _WITH_PAYLOAD if read else _CLAIMED_COLUMNS
     returning = _returns_rows(connection)
     when = connection.ops.adapt_datetimefield_value
     found: list[tuple[Any, ...]] = []
     with connection.cursor() as cursor:
         for chunk in chunks(ids):
             sql, params = _claim_statement(
-                connection, len(chunk), in_order=in_order, returning=returning
+                connection,
+                len(chunk),
+                in_order=in_order,
+                returning=columns if returning else (),
             )
             cursor.execute(sql, [when(until), token, *chunk, *params, when(now)])
             if returning:
@@ -189,7 +219,7 @@ def _claim(
     if not returning:  # pragma: no cover (MariaDB, MySQL)
         ours = OutboxCall.objects.using(alias).filter(claim=token)
         for chunk in chunks(ids):
-            found += ours.filter(pk__in=chunk).values_list(*_CLAIMED_COLUMNS)
+            found += ours.filter(pk__in=chunk).values_list(*columns)
     read_time = _datetime_reader(connection)
     return {
         pk: Claimed(
@@ -198,8 +228,9 @@ def _claim(
             if attempts == 1
             else None,
             attempts,
+            payload[0] if payload else None,
         )
-        for pk, model_label, object_pk, created, sent, attempts in found
+        for pk, model_label, object_pk, created, sent, attempts, *payload in found
     }
 
 
@@ -234,12 +265,12 @@ def _datetime_reader(connection: Any) -> Any:
 
 
 def _claim_statement(
-    connection: Any, count: int, *, in_order: bool, returning: bool = False
+    connection: Any, count: int, *, in_order: bool, returning: Sequence[str] = ()
 ) -> tuple[str, list[str]]:
     """The UPDATE claiming ``count`` rows, and its parameters between the
     pks and the time: it takes the claim's end, its token, the pks, those,
-    and the time now. ``returning``: it returns the _CLAIMED_COLUMNS of the
-    rows it claimed."""
+    and the time now. ``returning``: the columns it returns of the rows it
+    claimed."""
     from django_q_signals.models import OutboxCall
 
     table, column = table_names(connection)
@@ -259,7 +290,7 @@ def _claim_statement(
         f"WHERE {column('id')} IN ({marks(['%s'] * count)}) AND {claimable}"
     )
     if returning:
-        sql += f" RETURNING {', '.join(map(column, _CLAIMED_COLUMNS))}"
+        sql += f" RETURNING {', '.join(map(column, returning))}"
     return sql, [state.value for state in (*at_once, *when_due)]
 
 

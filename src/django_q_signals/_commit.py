@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import transaction
 from django.db.transaction import TransactionManagementError
 
-from django_q_signals import _outbox
+from django_q_signals import _outbox, _supersede
 from django_q_signals._payload import concrete_label
 from django_q_signals._send import send
 
@@ -47,11 +47,13 @@ def queue_call(call: Call) -> None:
     elif connection.get_autocommit():
         if outbox:
             _outbox.write(call)
-        send([call])
+            send(_supersede.settle([call]))
+        else:
+            send([call])
     elif outbox:
         # Its row commits or rolls back with the data; the relay sends it.
         _outbox.write(call)
-        _outbox.delete_superseded(call.alias, [call])
+        _supersede.delete_superseded(call.alias, [call])
     else:
         # Manual transaction management has no commit callbacks: Django's
         # on_commit refuses it too.
@@ -94,7 +96,7 @@ class _Group:
         self.open, self.previous = False, None
         standing = [call for call in calls if call is not None]
         if standing:
-            send(_outbox.latest_calls(standing))
+            send(_supersede.settle(standing))
 
     def add(self, call: Call) -> Call | None:
         """Append a call. A coalescing receiver's earlier call for the same

@@ -14,13 +14,12 @@ import logging
 import pickle
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections, router, transaction
+from django.db import connections, router
 from django.utils import timezone
 
 from django_q_signals._payload import (
@@ -85,95 +84,6 @@ def write(call: Call, replacing: Call | None = None) -> None:
     call.outbox_id = _insert(
         alias, call.receiver.name, model_label, object_pk, pack(call)
     )
-
-
-def _superseding_aliases(calls: list[Call]) -> set[str]:
-    """The databases of the calls of ``supersede`` receivers among ``calls``
-    (each receiver asked once)."""
-    superseding = {r for r in {call.receiver for call in calls} if r.supersedes}
-    if not superseding:
-        return set()
-    return {call.alias for call in calls if call.receiver in superseding}
-
-
-def latest_calls(calls: list[Call]) -> list[Call]:
-    """``calls`` but those of a ``supersede`` receiver that a later call of
-    ``calls`` for the same row replaces: never sent, their rows go with
-    that call's earlier calls once it is sent (``delete_superseded``)."""
-    if not _superseding_aliases(calls):
-        return calls
-    keys = [_superseding_key(call) for call in calls]
-    # Where each row's last call is.
-    last = {key: position for position, key in enumerate(keys) if key is not None}
-    return [
-        call
-        for position, (call, key) in enumerate(zip(calls, keys, strict=True))
-        if key is None or last[key] == position
-    ]
-
-
-def _superseding_key(call: Call) -> tuple[str, Any, str, str] | None:
-    """The database, receiver and row a ``supersede`` receiver's call with
-    an outbox row replaces the calls of; None for any other call."""
-    if call.outbox_id is None or not call.receiver.supersedes:
-        return None
-    instance = call.instance_pk()
-    if instance is None:
-        return None
-    label, pk = concrete_label(instance[0]), canonical_pk(instance[1])
-    return call.alias, call.receiver.name, label, pk
-
-
-def delete_superseded(alias: str, calls: Iterable[Call]) -> None:
-    """For the calls of ``supersede`` receivers among ``calls`` (on
-    ``alias``): delete their receiver's calls for their row written before
-    them that have not started. A call that started meanwhile is left to
-    finish; the newest call runs after it, or beside it.
-
-    On PostgreSQL, one DELETE a receiver, joined to the rows as arrays;
-    elsewhere one DELETE a row, each by the row's whole index key, all sent
-    at once (``executemany``: SQLite runs them in the process)."""
-    rows: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
-    for call in calls:
-        key = _superseding_key(call)
-        if key is not None and key[0] == alias:
-            assert call.outbox_id is not None
-            rows[key[1]].append((key[2], key[3], call.outbox_id))
-    if not rows:
-        return
-    from django_q_signals.models import OutboxCall
-
-    connection = connections[alias]
-    table, column = table_names(connection)
-    state = column("state")
-    unstarted = [choice.value for choice in OutboxCall.UNSTARTED]
-    failed = OutboxCall.State.FAILED.value
-    # Not started: failed calls only with a retry to come.
-    not_started = (
-        f"{table}.{state} IN ({marks([*unstarted, failed])}) "
-        f"AND ({table}.{state} <> %s OR {table}.{column('due')} IS NOT NULL)"
-    )
-    states = [*unstarted, failed, failed]
-    with connection.cursor() as cursor:
-        for receiver_name, of_receiver in rows.items():
-            if connection.vendor == "postgresql":
-                labels, pks, newest = map(list, zip(*of_receiver, strict=True))
-                cursor.execute(
-                    f"DELETE FROM {table} USING unnest(%s::text[], %s::text[], "
-                    "%s::bigint[]) AS v(label, pk, newest) "
-                    f"WHERE {table}.{column('receiver')} = %s "
-                    f"AND {table}.{column('model')} = v.label "
-                    f"AND {table}.{column('object_pk')} = v.pk "
-                    f"AND {table}.{column('id')} < v.newest AND {not_started}",
-                    [labels, pks, newest, receiver_name, *states],
-                )
-                continue
-            cursor.executemany(
-                f"DELETE FROM {table} WHERE {column('receiver')} = %s "
-                f"AND {column('model')} = %s AND {column('object_pk')} = %s "
-                f"AND {column('id')} < %s AND {not_started}",
-                [(receiver_name, *row, *states) for row in of_receiver],
-            )
 
 
 #: Per database: the INSERT of an outbox row, whether it returns the pk, and
@@ -393,8 +303,7 @@ def _has_table_or_say_so(alias: str) -> bool:
 
 
 def mark_sent(calls: list[Call], *, resent: bool = False) -> None:
-    """Record that ``calls`` are on the broker, and delete the calls that
-    those of ``supersede`` receivers replace.
+    """Record that ``calls`` are on the broker.
 
     A state only moves forward: a call sent after its commit is marked
     ``sent`` only while it is still ``queued``, so a worker that already ran
@@ -407,19 +316,13 @@ def mark_sent(calls: list[Call], *, resent: bool = False) -> None:
     from django_q_signals.models import OutboxCall
 
     now = timezone.now()
-    superseding_on = set() if resent else _superseding_aliases(calls)
     for alias, ids in ids_by_alias.items():
-        superseding = alias in superseding_on
-        # With the calls they replace deleted: one transaction.
-        with transaction.atomic(using=alias) if superseding else nullcontext():
-            if superseding:
-                delete_superseded(alias, calls)
-            for chunk in chunks(ids):
-                rows = OutboxCall.objects.using(alias).filter(pk__in=chunk)
-                if resent:
-                    rows.mark_resent(now)
-                else:
-                    rows.mark_sent(now)
+        for chunk in chunks(ids):
+            rows = OutboxCall.objects.using(alias).filter(pk__in=chunk)
+            if resent:
+                rows.mark_resent(now)
+            else:
+                rows.mark_sent(now)
 
 
 def _ids_by_alias(calls: Iterable[Call]) -> dict[str, list[int]]:

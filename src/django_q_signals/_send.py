@@ -68,7 +68,6 @@ def send(
 
             writes.write()
             async_task(func, *args, q_options=options)
-            _outbox.delete_superseded(task_calls[0].alias, task_calls)
             continue
         destination = _brokers.destination(options)
         options.pop("broker", None)  # An object: never in the signed task.

@@ -153,6 +153,13 @@ class OutboxCall(models.Model):
         null=True, blank=True, help_text="Out of how much, if it said."
     )
     progress_note = models.CharField(max_length=200, blank=True)
+    payload_of = models.BigIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="supersede: the later call whose place it took, and whose "
+        "payload it holds.",
+    )
 
     objects = OutboxCallQuerySet.as_manager()
 

@@ -62,7 +62,8 @@ def _run_claimed(
     handler's result, and what became of the call recorded on its row."""
     try:
         try:
-            arguments = open_call(read_payload.body, receiver, read_payload.alias)
+            data = claim.call(outbox, read_payload.body) if claim else read_payload.body
+            arguments = open_call(data, receiver, read_payload.alias)
         except ValueError as exc:
             raise ValueError(f"A call to {receiver.name} failed: {exc}") from exc
         with limit.handler(), _progress.reporting(claim, outbox):
@@ -147,6 +148,8 @@ class _Batch:
             if self.claim and not self.claim.holds(ref):
                 continue
             try:
+                if self.claim:
+                    data = self.claim.call(ref, data)
                 arguments = open_call(data, receiver, alias)
             except ValueError as exc:
                 logger.error(

@@ -1,0 +1,322 @@
+"""``supersede=True``: a receiver's newer call for a row takes the place of
+its calls for that row that have not started.
+
+Within one commit, only each row's last call is sent (``latest_calls``).
+After the commit, before they are sent, ``settle`` compares the calls with
+their receiver's other calls for their rows, on each database:
+
+- a call that a newer one already replaces (on the broker or waiting: it
+  starts after this commit, so it reads what the commit wrote) is not sent,
+  and its row goes;
+- where an older call is on the broker or waiting, the new call takes its
+  place: that row takes the new call's payload (``payload_of`` says whose)
+  and the new row goes. No task is sent: the one on its way runs the newest
+  call, which its worker reads from the row when it claims it;
+- otherwise the call is sent, and the older calls not started (queued, or
+  failed with a retry to come) go.
+
+Each write is checked against the rows as they are when it runs: a call that
+started meanwhile is left to finish (the new call is then sent after all),
+and a row never takes a call's payload once it holds a newer one's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from django.db import DatabaseError, connections, transaction
+from django.db.models import Q
+
+from django_q_signals._outbox import chunks, marks, table_names
+from django_q_signals._payload import canonical_pk, concrete_label
+
+if TYPE_CHECKING:
+    from django_q_signals._payload import Call
+
+logger = logging.getLogger("django_q_signals")
+
+#: What a ``supersede`` call replaces calls of: database, receiver, model
+#: label and pk.
+Key = tuple[str, str, str, str]
+
+
+def latest_calls(calls: list[Call]) -> list[Call]:
+    """``calls`` but those of a ``supersede`` receiver that a later call of
+    ``calls`` for the same row replaces: never sent, their rows go when that
+    call is settled."""
+    if not _superseding(calls):
+        return calls
+    keys = [key(call) for call in calls]
+    # Where each row's last call is.
+    last = {key: position for position, key in enumerate(keys) if key is not None}
+    return [
+        call
+        for position, (call, key) in enumerate(zip(calls, keys, strict=True))
+        if key is None or last[key] == position
+    ]
+
+
+def _superseding(calls: list[Call]) -> bool:
+    """Whether any of ``calls`` is a ``supersede`` receiver's (each receiver
+    asked once)."""
+    return any(receiver.supersedes for receiver in {call.receiver for call in calls})
+
+
+def key(call: Call) -> Key | None:
+    """The database, receiver and row whose calls a ``supersede`` receiver's
+    call with an outbox row replaces; None for any other call."""
+    if call.outbox_id is None or not call.receiver.supersedes:
+        return None
+    instance = call.instance_pk()
+    if instance is None:
+        return None
+    label, pk = concrete_label(instance[0]), canonical_pk(instance[1])
+    return call.alias, call.receiver.name, label, pk
+
+
+def settle(calls: list[Call]) -> list[Call]:
+    """Of a commit's calls, those to send: the latest of each row, without
+    those that took an older call's place or that a newer call replaces.
+    The rows of the calls they replace are deleted.
+
+    A database that cannot be asked is logged, and its calls are sent as
+    they are: the older calls they would replace may run too."""
+    if not _superseding(calls):
+        return calls
+    calls = latest_calls(calls)
+    keyed: dict[str, list[tuple[Call, Key]]] = defaultdict(list)
+    for call in calls:
+        call_key = key(call)
+        if call_key is not None:
+            keyed[call.alias].append((call, call_key))
+    if not keyed:
+        return calls
+    not_sent: set[int] = set()
+    for alias, of_alias in keyed.items():
+        try:
+            not_sent.update(map(id, _settle_on(alias, of_alias)))
+        except DatabaseError:
+            logger.exception(
+                "Could not look up the older calls of %d call(s) of supersede "
+                "receivers on database %r: they are sent, and their older calls "
+                "may run too",
+                len(of_alias),
+                alias,
+            )
+    return [call for call in calls if id(call) not in not_sent]
+
+
+class _Found(NamedTuple):
+    """A call of the receiver for the row, not started, as looked up."""
+
+    id: int
+    state: str
+    payload_of: int | None
+
+    def newest_call(self) -> int:
+        """The call whose payload it holds: its own, or one whose place it took."""
+        return self.id if self.payload_of is None else self.payload_of
+
+
+def _settle_on(alias: str, keyed: list[tuple[Call, Key]]) -> list[Call]:
+    """Settle the calls on ``alias``: the calls not to send."""
+    from django_q_signals.models import OutboxCall
+
+    State = OutboxCall.State
+    on_the_way = (State.SENT.value, State.WAITING.value)
+    connection = connections[alias]
+    # MySQL's UPDATE cannot read its own table: no call takes another's place.
+    can_take_place = bool(connection.features.update_can_self_select)
+    found = _find(alias, [call_key for _, call_key in keyed])
+    gone: list[Call] = []  # replaced by a newer call already, or sent
+    replaced: list[Call] = []  # a newer call replaces it: its row goes
+    take_place: list[tuple[Call, int]] = []  # the call, and the older row
+    clear: list[Call] = []  # its older calls not started go
+    for call, call_key in keyed:
+        own = call.outbox_id
+        assert own is not None  # it has a key
+        calls = found.get(call_key, [])
+        if not any(row.id == own and row.state == State.QUEUED for row in calls):
+            # Its row is gone (a newer call's settling deleted it) or was
+            # sent by the relay meanwhile.
+            gone.append(call)
+            continue
+        on_its_way = [r for r in calls if r.id != own and r.state in on_the_way]
+        if any(row.newest_call() > own for row in on_its_way):
+            replaced.append(call)
+            continue
+        older = [row for row in calls if row.id != own]
+        if on_its_way and can_take_place:
+            taken = max(row.id for row in on_its_way)
+            take_place.append((call, taken))
+            if len(older) > 1:
+                clear.append(call)
+        elif older:
+            clear.append(call)
+    if replaced or take_place or clear:
+        with transaction.atomic(using=alias), connection.cursor() as cursor:
+            took = _take_places(cursor, connection, take_place)
+            for call, _ in take_place:
+                if call.outbox_id in took:
+                    replaced.append(call)
+                elif call not in clear:
+                    # That call started meanwhile: this one is sent after all.
+                    clear.append(call)
+            _delete_queued(cursor, connection, [call.outbox_id for call in replaced])
+            delete_superseded(alias, clear)
+    return gone + replaced
+
+
+def _delete_queued(cursor: Any, connection: Any, ids: list[int | None]) -> None:
+    """Delete the rows ``ids`` that are still queued."""
+    from django_q_signals.models import OutboxCall
+
+    table, column = table_names(connection)
+    for chunk in chunks(ids):
+        cursor.execute(
+            f"DELETE FROM {table} WHERE {column('id')} IN ({marks(chunk)}) "
+            f"AND {column('state')} = %s",
+            [*chunk, OutboxCall.State.QUEUED.value],
+        )
+
+
+def _find(alias: str, keys: list[Key]) -> dict[Key, list[_Found]]:
+    """The calls not started for the receivers and rows of ``keys``: at most
+    PKS_AT_MOST rows a query."""
+    from django_q_signals.models import OutboxCall
+
+    State = OutboxCall.State
+    rows: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
+    for _, receiver_name, label, pk in keys:
+        rows[receiver_name, label].add((label, pk))
+    unstarted = Q(state__in=OutboxCall.UNSTARTED) | Q(
+        state=State.FAILED, due__isnull=False
+    )
+    found: dict[Key, list[_Found]] = defaultdict(list)
+    for (receiver_name, label), of_model in rows.items():
+        for chunk in chunks(sorted(pk for _, pk in of_model)):
+            calls = (
+                OutboxCall.objects.using(alias)
+                .filter(unstarted, receiver=receiver_name, model=label)
+                .filter(object_pk__in=chunk)
+                .values_list("object_pk", "id", "state", "payload_of")
+            )
+            for object_pk, call_id, state, payload_of in calls:
+                found[alias, receiver_name, label, object_pk].append(
+                    _Found(call_id, state, payload_of)
+                )
+    return found
+
+
+def _take_places(
+    cursor: Any, connection: Any, take_place: list[tuple[Call, int]]
+) -> set[int]:
+    """Give each older row the payload of its call, where that row is still
+    on the broker or waiting and holds an older call, and the call's own row
+    is still queued: one ``executemany``, then a SELECT of what the rows
+    hold. The pks of the calls now replaced: those that took a row's place,
+    and those a newer call's took first."""
+    if not take_place:
+        return set()
+    from django_q_signals.models import OutboxCall
+
+    State = OutboxCall.State
+    table, column = table_names(connection)
+    new = connection.ops.quote_name("new")
+    id_, state, payload_of = column("id"), column("state"), column("payload_of")
+    cursor.executemany(
+        f"UPDATE {table} SET {column('payload')} = (SELECT {new}.{column('payload')} "
+        f"FROM {table} {new} WHERE {new}.{id_} = %s), {payload_of} = %s "
+        f"WHERE {id_} = %s AND {state} IN (%s, %s) "
+        f"AND COALESCE({payload_of}, {id_}) < %s "
+        f"AND EXISTS (SELECT 1 FROM {table} {new} "
+        f"WHERE {new}.{id_} = %s AND {new}.{state} = %s)",
+        [
+            (
+                own,
+                own,
+                older_id,
+                State.SENT.value,
+                State.WAITING.value,
+                own,
+                own,
+                State.QUEUED.value,
+            )
+            for own, older_id in ((call.outbox_id, older) for call, older in take_place)
+        ],
+    )
+    holds: dict[int, int] = {}
+    for chunk in chunks([older_id for _, older_id in take_place]):
+        cursor.execute(
+            f"SELECT {id_}, {payload_of} FROM {table} "
+            f"WHERE {id_} IN ({marks(chunk)}) AND {payload_of} IS NOT NULL",
+            chunk,
+        )
+        holds.update(cursor.fetchall())
+    # A row holding a call newer than the one meant for it: that newer call
+    # took its place first, and replaces this one too.
+    return {
+        call.outbox_id
+        for call, older_id in take_place
+        if call.outbox_id is not None and holds.get(older_id, 0) >= call.outbox_id
+    }
+
+
+def delete_superseded(alias: str, calls: Iterable[Call]) -> None:
+    """For the calls of ``supersede`` receivers among ``calls`` (on
+    ``alias``): delete their receiver's calls for their row written before
+    them that have not started and hold no newer call. A call that started
+    meanwhile is left to finish; the newest call runs after it, or beside it.
+
+    On PostgreSQL, one DELETE a receiver, joined to the rows as arrays;
+    elsewhere one DELETE a row, each by the row's whole index key, all sent
+    at once (``executemany``: SQLite runs them in the process)."""
+    rows: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
+    for call in calls:
+        call_key = key(call)
+        if call_key is not None and call_key[0] == alias:
+            assert call.outbox_id is not None
+            rows[call_key[1]].append((call_key[2], call_key[3], call.outbox_id))
+    if not rows:
+        return
+    from django_q_signals.models import OutboxCall
+
+    connection = connections[alias]
+    table, column = table_names(connection)
+    state, id_ = column("state"), column("id")
+    unstarted = [choice.value for choice in OutboxCall.UNSTARTED]
+    failed = OutboxCall.State.FAILED.value
+    # Not started: failed calls only with a retry to come.
+    not_started = (
+        f"{table}.{state} IN ({marks([*unstarted, failed])}) "
+        f"AND ({table}.{state} <> %s OR {table}.{column('due')} IS NOT NULL)"
+    )
+    states = [*unstarted, failed, failed]
+    older = f"COALESCE({table}.{column('payload_of')}, {table}.{id_})"
+    with connection.cursor() as cursor:
+        for receiver_name, of_receiver in rows.items():
+            if connection.vendor == "postgresql":
+                labels, pks, newest = map(list, zip(*of_receiver, strict=True))
+                cursor.execute(
+                    f"DELETE FROM {table} USING unnest(%s::text[], %s::text[], "
+                    "%s::bigint[]) AS v(label, pk, newest) "
+                    f"WHERE {table}.{column('receiver')} = %s "
+                    f"AND {table}.{column('model')} = v.label "
+                    f"AND {table}.{column('object_pk')} = v.pk "
+                    f"AND {table}.{id_} < v.newest AND {older} < v.newest "
+                    f"AND {not_started}",
+                    [labels, pks, newest, receiver_name, *states],
+                )
+                continue
+            cursor.executemany(
+                f"DELETE FROM {table} WHERE {column('receiver')} = %s "
+                f"AND {column('model')} = %s AND {column('object_pk')} = %s "
+                f"AND {id_} < %s AND {older} < %s AND {not_started}",
+                [
+                    (receiver_name, label, pk, newest, newest, *states)
+                    for label, pk, newest in of_receiver
+                ],
+            )

@@ -1,0 +1,285 @@
+"""supersede=True across commits: a new call takes the place of the row's call
+on its way to a worker, and what happens when a worker, or another commit,
+gets there between the steps."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from django.db import DatabaseError, connection, connections, transaction
+from django.db.models.signals import post_save
+from django.dispatch import Signal
+
+from django_q_signals.models import OutboxCall
+from tests.conftest import Connect
+from tests.models import Article
+from tests.test_ordered import run, run_all, save_titles, take_tasks
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
+
+State = OutboxCall.State
+
+#: A signal with a version number: what a call carries besides its row.
+versioned = Signal()
+
+
+@pytest.fixture
+def read(connect: Connect[Any]) -> list[tuple[str, Any]]:
+    """The title each run read, and the update_fields its call carried."""
+    seen: list[tuple[str, Any]] = []
+
+    @connect(post_save, sender=Article, outbox=True, supersede=True)
+    def reindex(instance: Article, update_fields: Any, **kwargs: Any) -> None:
+        seen.append((instance.title, update_fields and sorted(update_fields)))
+
+    return seen
+
+
+def test_a_new_call_takes_the_place_of_the_one_on_the_broker(
+    read: list[tuple[str, Any]],
+) -> None:
+    article = Article.objects.create(title="v1")
+    [task] = take_tasks()
+    article.title = "v2"
+    article.save(update_fields=["title"])
+    article.title = "v3"
+    article.save()
+    # No task for either: the one on the broker runs the newest call.
+    assert not take_tasks()
+    [row] = OutboxCall.objects.all()
+    assert row.state == State.SENT
+    assert row.payload_of is not None
+    assert row.payload_of > row.pk
+    run(task)
+    assert read == [("v3", None)]
+    assert not OutboxCall.objects.exists()
+
+
+def test_a_batch_runs_the_calls_that_took_its_rows_places(
+    connect: Connect[Any],
+) -> None:
+    seen: list[tuple[str, Any]] = []
+
+    @connect(post_save, sender=Article, outbox=True, supersede=True, batch=True)
+    def reindex(instance: Article, update_fields: Any, **kwargs: Any) -> None:
+        seen.append((instance.title, update_fields and sorted(update_fields)))
+
+    first, second = Article.objects.bulk_create(
+        [Article(title="a1"), Article(title="b1")]
+    )
+    with transaction.atomic():
+        save_titles(first, "a2")
+        save_titles(second, "b2")
+    [task] = take_tasks()
+    first.title = "a3"
+    first.save(update_fields=["title"])
+    assert not take_tasks()
+    run(task)
+    assert sorted(seen) == [("a3", ["title"]), ("b2", None)]
+
+
+def test_a_call_waiting_for_a_running_one_is_replaced_in_place(
+    connect: Connect[Any],
+) -> None:
+    seen: list[str] = []
+
+    @connect(versioned, outbox=True, ordered=True, supersede=True)
+    def index(instance: Article, n: int, **kwargs: Any) -> None:
+        seen.append(f"{instance.title} n={n}")
+
+    article = Article.objects.create(title="v1")
+    versioned.send(sender=Article, instance=article, n=1)
+    [first] = take_tasks()
+    OutboxCall.objects.update(state=State.RUNNING)  # a worker runs n=1
+    versioned.send(sender=Article, instance=article, n=2)
+    [second] = take_tasks()
+    run(second)
+    assert OutboxCall.objects.latest("pk").state == State.WAITING
+    save_titles(article, "v2")
+    versioned.send(sender=Article, instance=article, n=3)
+    assert not take_tasks()  # n=3 took n=2's place
+    OutboxCall.objects.filter(state=State.RUNNING).update(state=State.SENT)
+    run(first)
+    run_all()  # the waiting call, sent when n=1 was done
+    assert seen == ["v2 n=1", "v2 n=3"]
+
+
+@contextmanager
+def before(statement: str, action: Callable[[], None]) -> Iterator[None]:
+    """Run ``action`` just before the first query of this connection that
+    contains ``statement``: what another process could do meanwhile."""
+    done = False
+
+    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        nonlocal done
+        if not done and statement in sql:
+            done = True
+            action()
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(wrapper):
+        yield
+    assert done, f"no query with {statement!r} ran"
+
+
+def quoted(sql: str) -> str:
+    """``sql`` with the database's quotes."""
+    return sql.replace('"', "`") if connection.vendor == "mysql" else sql
+
+
+#: The look-up of the calls of the rows, and the UPDATE that gives an older
+#: call's row a new call's payload.
+LOOK_UP = '"payload_of" FROM'
+TAKE_PLACE = '"payload" = (SELECT'
+
+
+def test_a_call_whose_older_call_starts_meanwhile_is_sent(
+    read: list[tuple[str, Any]],
+) -> None:
+    article = Article.objects.create(title="v1")
+    [first] = take_tasks()
+    [older] = OutboxCall.objects.all()
+    if not connection.features.update_can_self_select:
+        pytest.skip("MySQL's calls take no other call's place")
+
+    def worker_claims_it() -> None:
+        OutboxCall.objects.filter(pk=older.pk).update(state=State.RUNNING)
+
+    with before(quoted(TAKE_PLACE), worker_claims_it):
+        save_titles(article, "v2")
+    [second] = take_tasks()
+    assert OutboxCall.objects.get(pk=older.pk).payload_of is None
+    OutboxCall.objects.filter(pk=older.pk).update(state=State.SENT)
+    run(first)
+    run(second)
+    assert [title for title, _ in read] == ["v2", "v2"]
+
+
+def test_a_call_a_newer_one_took_the_place_of_first_is_not_sent(
+    read: list[tuple[str, Any]],
+) -> None:
+    article = Article.objects.create(title="v1")
+    take_tasks()
+    [older] = OutboxCall.objects.all()
+    newer_call = 10**12
+
+    def a_newer_call_takes_its_place() -> None:
+        OutboxCall.objects.filter(pk=older.pk).update(payload_of=newer_call)
+
+    with before(quoted(TAKE_PLACE), a_newer_call_takes_its_place):
+        save_titles(article, "v2")
+    assert not take_tasks()
+    assert list(OutboxCall.objects.values_list("pk", "payload_of")) == [
+        (older.pk, newer_call)
+    ]
+
+
+def test_a_call_whose_row_a_newer_call_deleted_is_not_sent(
+    read: list[tuple[str, Any]],
+) -> None:
+    article = Article.objects.create(title="v1")
+    take_tasks()
+
+    def a_newer_call_deletes_it() -> None:
+        OutboxCall.objects.filter(state=State.QUEUED).delete()
+
+    with before(quoted(LOOK_UP), a_newer_call_deletes_it):
+        save_titles(article, "v2")
+    assert not take_tasks()
+    assert OutboxCall.objects.get().state == State.SENT
+
+
+def test_a_database_error_in_the_look_up_sends_the_call(
+    read: list[tuple[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    article = Article.objects.create(title="v1")
+    [first] = take_tasks()
+
+    def fail(execute: Any, sql: str, *args: Any) -> Any:
+        if quoted(LOOK_UP) in sql:
+            raise DatabaseError("the database went away")
+        return execute(sql, *args)
+
+    with caplog.at_level(logging.ERROR), connection.execute_wrapper(fail):
+        save_titles(article, "v2")
+    assert "their older calls may run too" in caplog.text
+    [second] = take_tasks()
+    run(first)
+    run(second)
+    assert [title for title, _ in read] == ["v2", "v2"]
+
+
+def test_a_row_holding_another_receivers_call_is_refused(
+    read: list[tuple[str, Any]],
+    connect: Connect[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    @connect(post_save, sender=Article, outbox=True)
+    def other(instance: Article, **kwargs: Any) -> None:
+        pass
+
+    Article.objects.create(title="v1")
+    tasks = take_tasks()
+    mine = OutboxCall.objects.get(receiver__endswith="reindex")
+    theirs = OutboxCall.objects.exclude(pk=mine.pk).get()
+    OutboxCall.objects.filter(pk=mine.pk).update(payload=theirs.payload)
+    [task] = [task for task in tasks if "reindex" in str(task["args"])]
+    with pytest.raises(ValueError, match=r"its outbox row holds a call of .*other"):
+        run(task)
+    assert read == []
+    assert OutboxCall.objects.get(pk=mine.pk).state == State.FAILED
+
+
+@pytest.mark.services
+def test_commits_racing_a_worker_run_the_latest_call_last(
+    connect: Connect[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Threads commit new versions of one row while a worker runs the tasks:
+    the calls never run older after newer, and the last run has the last."""
+    runs: list[int] = []
+
+    @connect(versioned, outbox=True, supersede=True)
+    def index(instance: Article, n: int, **kwargs: Any) -> None:
+        assert int(instance.title) >= n  # the row as it is, at least as new
+        runs.append(n)
+        time.sleep(0.005)
+
+    article = Article.objects.create(title="0")
+    threads, per_thread = 4, 25
+    errors: list[BaseException] = []
+
+    def commit() -> None:
+        try:
+            for _ in range(per_thread):
+                with transaction.atomic():
+                    row = Article.objects.select_for_update().get(pk=article.pk)
+                    row.title = str(int(row.title) + 1)
+                    Article.objects.filter(pk=row.pk).update(title=row.title)
+                    versioned.send(sender=Article, instance=row, n=int(row.title))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    committers = [threading.Thread(target=commit) for _ in range(threads)]
+    for thread in committers:
+        thread.start()
+    while any(thread.is_alive() for thread in committers):
+        for task in take_tasks():
+            run(task)
+    for thread in committers:
+        thread.join()
+    run_all()
+    commits = threads * per_thread
+    with capsys.disabled():
+        print(f"\nsupersede race: {commits} commits, {len(runs)} runs")
+    assert not errors
+    assert runs == sorted(runs)
+    assert runs[-1] == commits
+    assert not OutboxCall.objects.exists()
