@@ -228,7 +228,10 @@ def test_a_row_holding_another_receivers_call_is_refused(
     tasks = take_tasks()
     mine = OutboxCall.objects.get(receiver__endswith="reindex")
     theirs = OutboxCall.objects.exclude(pk=mine.pk).get()
-    OutboxCall.objects.filter(pk=mine.pk).update(payload=theirs.payload)
+    # As if a later call had taken the row's place: one of another receiver.
+    OutboxCall.objects.filter(pk=mine.pk).update(
+        payload=theirs.payload, payload_of=theirs.pk
+    )
     [task] = [task for task in tasks if "reindex" in str(task["args"])]
     with pytest.raises(ValueError, match=r"its outbox row holds a call of .*other"):
         run(task)

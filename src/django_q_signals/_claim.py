@@ -14,13 +14,14 @@ from __future__ import annotations
 import traceback
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.conf import settings
 from django.db import connections, transaction
+from django.db.models import Case, F, When
 from django.utils import timezone
 
 from django_q_signals._outbox import (
@@ -40,10 +41,9 @@ if TYPE_CHECKING:
 #: little after its timeout, not at once.
 CLAIM_MARGIN = 5
 
-#: What a claim reads of each row it took; and the call, where a later
-#: call may have taken the row's place.
+#: What a claim reads of each row it took; for a ``supersede`` receiver, and
+#: a row that took a later call's place, that call too.
 _CLAIMED_COLUMNS = ("id", "model", "object_pk", "created", "sent", "attempts")
-_WITH_PAYLOAD = (*_CLAIMED_COLUMNS, "payload")
 
 
 class Claimed(NamedTuple):
@@ -57,7 +57,7 @@ class Claimed(NamedTuple):
     waited: float | None
     #: Its attempts, this one included.
     attempts: int
-    #: The call as the row holds it, where the claim read it.
+    #: The later call the row holds, having taken its place (``supersede``).
     payload: bytes | None = None
 
 
@@ -99,10 +99,10 @@ class Claim:
         return ref is None or ref in self._claimed
 
     def call(self, ref: Ref | None, sent: Any) -> Any:
-        """The call to run for ``ref``: as its row holds it, where the claim
-        read it (a later call may have taken the row's place), else as the
-        task carried it (``sent``). ValueError if the row holds no call of
-        this receiver."""
+        """The call to run for ``ref``: the later call its row holds, where
+        one took the row's place (``supersede``), else the call the task
+        carried (``sent``). ValueError if the row holds no call of this
+        receiver."""
         claimed = self._claimed.get(ref) if ref else None
         if claimed is None or claimed.payload is None:
             return sent
@@ -201,7 +201,6 @@ def _claim(
         # Its UPDATE cannot read its own table: the waiting ones first.
         ids = sorted(set(ids) - set(_held_back_by_earlier(alias, ids)))
         in_order = False
-    columns = _WITH_PAYLOAD if read else _CLAIMED_COLUMNS
     returning = _returns_rows(connection)
     when = connection.ops.adapt_datetimefield_value
     found: list[tuple[Any, ...]] = []
@@ -211,7 +210,8 @@ def _claim(
                 connection,
                 len(chunk),
                 in_order=in_order,
-                returning=columns if returning else (),
+                returning=returning,
+                read=read,
             )
             cursor.execute(sql, [when(until), token, *chunk, *params, when(now)])
             if returning:
@@ -219,7 +219,10 @@ def _claim(
     if not returning:  # pragma: no cover (MariaDB, MySQL)
         ours = OutboxCall.objects.using(alias).filter(claim=token)
         for chunk in chunks(ids):
-            found += ours.filter(pk__in=chunk).values_list(*columns)
+            rows = ours.filter(pk__in=chunk)
+            if read:
+                rows = rows.annotate(held=_held_call())
+            found += rows.values_list(*_CLAIMED_COLUMNS, *(["held"] if read else []))
     read_time = _datetime_reader(connection)
     return {
         pk: Claimed(
@@ -265,12 +268,17 @@ def _datetime_reader(connection: Any) -> Any:
 
 
 def _claim_statement(
-    connection: Any, count: int, *, in_order: bool, returning: Sequence[str] = ()
+    connection: Any,
+    count: int,
+    *,
+    in_order: bool,
+    returning: bool = False,
+    read: bool = False,
 ) -> tuple[str, list[str]]:
     """The UPDATE claiming ``count`` rows, and its parameters between the
     pks and the time: it takes the claim's end, its token, the pks, those,
-    and the time now. ``returning``: the columns it returns of the rows it
-    claimed."""
+    and the time now. ``returning``: it returns the _CLAIMED_COLUMNS of the
+    rows it claimed, and, ``read``, the call of each that holds a later one."""
     from django_q_signals.models import OutboxCall
 
     table, column = table_names(connection)
@@ -290,8 +298,24 @@ def _claim_statement(
         f"WHERE {column('id')} IN ({marks(['%s'] * count)}) AND {claimable}"
     )
     if returning:
-        sql += f" RETURNING {', '.join(map(column, returning))}"
+        sql += f" RETURNING {', '.join(map(column, _CLAIMED_COLUMNS))}"
+        if read:
+            # Not "IS NULL": SQLite 3.40 gets it wrong in RETURNING.
+            sql += (
+                f", CASE WHEN COALESCE({column('payload_of')}, 0) > 0 "
+                f"THEN {column('payload')} END"
+            )
     return sql, [state.value for state in (*at_once, *when_due)]
+
+
+def _held_call() -> Case:  # pragma: no cover (MariaDB, MySQL)
+    """The call a row holds, where it took a later call's place."""
+    from django_q_signals.models import OutboxCall
+
+    return Case(
+        When(payload_of__isnull=False, then=F("payload")),
+        output_field=OutboxCall._meta.get_field("payload"),
+    )
 
 
 def _earlier_call_sql(connection: Any) -> str:

@@ -51,6 +51,7 @@ class OutboxCallAdmin(ModelAdmin):
         "created",
         "sent",
         "due",
+        "payload_of",
         "waits_for",
         "progress",
         "error",

@@ -154,6 +154,7 @@ class OutboxCall(models.Model):
     )
     progress_note = models.CharField(max_length=200, blank=True)
     payload_of = models.BigIntegerField(
+        "holds call",
         null=True,
         blank=True,
         editable=False,

@@ -19,6 +19,7 @@ class Migration(migrations.Migration):
                 help_text="supersede: the later call whose place it took, and "
                 "whose payload it holds.",
                 null=True,
+                verbose_name="holds call",
             ),
         ),
     ]
