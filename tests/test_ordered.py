@@ -299,8 +299,8 @@ def test_supersede_leaves_running_and_failed_for_good_calls(
         row.save()
     purge()
     save_titles(article, "v2")
-    # v2's call took the place of the newest call not started: no task.
-    assert states() == [State.RUNNING, State.FAILED, State.WAITING]
+    # v2's call took the place of the oldest call on its way: no task.
+    assert states() == [State.SENT, State.RUNNING, State.FAILED]
     assert not take_tasks()
 
 

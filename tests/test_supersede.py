@@ -9,14 +9,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.db import DatabaseError, connection, connections, transaction
 from django.db.models.signals import post_save
 from django.dispatch import Signal
+from django.utils import timezone
 
 from django_q_signals.models import OutboxCall
+from django_q_signals.testing import capture_calls
 from tests.conftest import Connect
 from tests.models import Article
 from tests.test_ordered import run, run_all, save_titles, take_tasks
@@ -286,3 +289,59 @@ def test_commits_racing_a_worker_run_the_latest_call_last(
     assert runs == sorted(runs)
     assert runs[-1] == commits
     assert not OutboxCall.objects.exists()
+
+
+def test_a_call_claimed_before_or_sent_long_ago_keeps_its_place(
+    read: list[tuple[str, Any]],
+) -> None:
+    """A row a claim that expired may still end (the relay sent it again),
+    or whose task may be lost, takes no new call: the new one is sent."""
+    article = Article.objects.create(title="v1")
+    take_tasks()
+    long_ago = timezone.now() - timedelta(hours=1)
+    for stale in ({"claim": "an expired claim"}, {"sent": long_ago}):
+        OutboxCall.objects.update(**stale)
+        save_titles(article, "v2")
+        [task] = take_tasks()
+        [row] = OutboxCall.objects.all()
+        assert row.payload_of is None
+        run(task)
+        assert read.pop() == ("v2", None)
+
+
+def test_a_waiting_call_whose_blocker_goes_is_sent_at_once(
+    connect: Connect[Any],
+) -> None:
+    seen: list[str] = []
+
+    @connect(post_save, sender=Article, outbox=True, ordered=True, supersede=True)
+    def index(instance: Article, **kwargs: Any) -> None:
+        seen.append(instance.title)
+
+    article = Article.objects.create(title="v1")
+    take_tasks()
+    later = timezone.now() + timedelta(hours=1)
+    OutboxCall.objects.update(state=State.RUNNING, due=later)
+    save_titles(article, "v2")
+    run_all()  # held back by the running call: waiting
+    # It failed, a retry to come: not started, so the next call replaces it.
+    OutboxCall.objects.filter(state=State.RUNNING).update(state=State.FAILED)
+    assert sorted(OutboxCall.objects.values_list("state", flat=True)) == [
+        State.FAILED,
+        State.WAITING,
+    ]
+    save_titles(article, "v3")  # takes the waiting call's place
+    [task] = take_tasks()  # and, the failed call gone, it is sent
+    run(task)
+    assert seen == ["v3"]
+    assert not OutboxCall.objects.exists()
+
+
+def test_captured_calls_all_run(read: list[tuple[str, Any]]) -> None:
+    article = Article.objects.create(title="v1")
+    take_tasks()
+    with capture_calls() as captured:
+        save_titles(article, "v2", "v3")
+    assert len(captured) == 2
+    captured.run()
+    assert read == [("v3", None), ("v3", None)]

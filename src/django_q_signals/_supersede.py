@@ -8,10 +8,12 @@ their receiver's other calls for their rows, on each database:
 - a call that a newer one already replaces (on the broker or waiting: it
   starts after this commit, so it reads what the commit wrote) is not sent,
   and its row goes;
-- where an older call is on the broker or waiting, the new call takes its
-  place: that row takes the new call's payload (``payload_of`` says whose)
-  and the new row goes. No task is sent: the one on its way runs the newest
-  call, which its worker reads from the row when it claims it;
+- where an older call is waiting, or on the broker (sent not long ago, and
+  never claimed), the new call takes its place: that row takes the new
+  call's payload (``payload_of`` says whose) and the new row goes. No task
+  is sent: the one on its way, or the one sent when the calls before it are
+  done, runs the newest call, which its worker reads from the row when it
+  claims it;
 - otherwise the call is sent, and the older calls not started (queued, or
   failed with a retry to come) go.
 
@@ -25,11 +27,14 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from django.db import DatabaseError, connections, transaction
+from django.db import Error, connections, transaction
 from django.db.models import Q
+from django.utils import timezone
 
+from django_q_signals import _conf, _relay, _send
 from django_q_signals._outbox import chunks, marks, table_names
 from django_q_signals._payload import canonical_pk, concrete_label
 
@@ -87,6 +92,9 @@ def settle(calls: list[Call]) -> list[Call]:
     if not _superseding(calls):
         return calls
     calls = latest_calls(calls)
+    if _send.diversions:
+        # The testing helpers: every call they take runs when asked to.
+        return calls
     keyed: dict[str, list[tuple[Call, Key]]] = defaultdict(list)
     for call in calls:
         call_key = key(call)
@@ -98,7 +106,7 @@ def settle(calls: list[Call]) -> list[Call]:
     for alias, of_alias in keyed.items():
         try:
             not_sent.update(map(id, _settle_on(alias, of_alias)))
-        except DatabaseError:
+        except Error:
             logger.exception(
                 "Could not look up the older calls of %d call(s) of supersede "
                 "receivers on database %r: they are sent, and their older calls "
@@ -150,24 +158,48 @@ def _settle_on(alias: str, keyed: list[tuple[Call, Key]]) -> list[Call]:
             continue
         older = [row for row in calls if row.id != own]
         if on_its_way and can_take_place:
-            taken = max(row.id for row in on_its_way)
+            # The oldest: with ordered, the one the others wait for.
+            taken = min(row.id for row in on_its_way)
             take_place.append((call, taken))
             if len(older) > 1:
                 clear.append(call)
         elif older:
             clear.append(call)
-    if replaced or take_place or clear:
-        with transaction.atomic(using=alias), connection.cursor() as cursor:
-            took = _take_places(cursor, connection, take_place)
-            for call, _ in take_place:
-                if call.outbox_id in took:
-                    replaced.append(call)
-                elif call not in clear:
-                    # That call started meanwhile: this one is sent after all.
-                    clear.append(call)
-            _delete_queued(cursor, connection, [call.outbox_id for call in replaced])
-            delete_superseded(alias, clear)
+    if not (replaced or take_place or clear):
+        return gone
+    # Rows taken in the order of their pks, as by every other settling.
+    take_place.sort(key=lambda place: place[1])
+    with transaction.atomic(using=alias), connection.cursor() as cursor:
+        took = _take_places(cursor, connection, take_place)
+        for call, _ in take_place:
+            if call.outbox_id in took:
+                replaced.append(call)
+            elif call not in clear:
+                # That call started meanwhile: this one is sent after all.
+                clear.append(call)
+        _delete_queued(cursor, connection, sorted(c.outbox_id for c in replaced))
+        delete_superseded(alias, clear)
+    _send_unblocked(
+        alias,
+        [
+            older
+            for call, older in take_place
+            if call.receiver.keeps_order and call in replaced
+        ],
+    )
     return gone + replaced
+
+
+def _send_unblocked(alias: str, ids: list[int]) -> None:
+    """Send those of the rows ``ids`` that wait with nothing left to wait for:
+    an ``ordered`` receiver's call that took a waiting call's place, where the
+    calls before it were deleted, or finished while this settling held it
+    (``_order.send_next`` passes over a row another transaction holds)."""
+    from django_q_signals.models import OutboxCall
+
+    for chunk in chunks(ids):
+        rows = OutboxCall.objects.using(alias).filter(pk__in=chunk)
+        _relay.send_again(rows.no_longer_held_back())
 
 
 def _delete_queued(cursor: Any, connection: Any, ids: list[int | None]) -> None:
@@ -215,10 +247,12 @@ def _take_places(
     cursor: Any, connection: Any, take_place: list[tuple[Call, int]]
 ) -> set[int]:
     """Give each older row the payload of its call, where that row is still
-    on the broker or waiting and holds an older call, and the call's own row
-    is still queued: one ``executemany``, then a SELECT of what the rows
-    hold. The pks of the calls now replaced: those that took a row's place,
-    and those a newer call's took first."""
+    waiting, or on the broker since less than OUTBOX_RELAY_AFTER (its task
+    may be lost), was never claimed (a claim that expired may yet end and
+    delete it) and holds an older call, and the call's own row is still
+    queued: one ``executemany``, then a SELECT of what the rows hold. The
+    pks of the calls now replaced: those that took a row's place, and those
+    a newer call's took first."""
     if not take_place:
         return set()
     from django_q_signals.models import OutboxCall
@@ -227,10 +261,14 @@ def _take_places(
     table, column = table_names(connection)
     new = connection.ops.quote_name("new")
     id_, state, payload_of = column("id"), column("state"), column("payload_of")
+    # A call sent longer ago may have lost its task: the relay will tell.
+    relay_after = timedelta(seconds=_conf.get().outbox_relay_after)
+    recently = connection.ops.adapt_datetimefield_value(timezone.now() - relay_after)
     cursor.executemany(
         f"UPDATE {table} SET {column('payload')} = (SELECT {new}.{column('payload')} "
         f"FROM {table} {new} WHERE {new}.{id_} = %s), {payload_of} = %s "
-        f"WHERE {id_} = %s AND {state} IN (%s, %s) "
+        f"WHERE {id_} = %s AND {column('claim')} = '' "
+        f"AND ({state} = %s OR ({state} = %s AND {column('sent')} >= %s)) "
         f"AND COALESCE({payload_of}, {id_}) < %s "
         f"AND EXISTS (SELECT 1 FROM {table} {new} "
         f"WHERE {new}.{id_} = %s AND {new}.{state} = %s)",
@@ -239,8 +277,9 @@ def _take_places(
                 own,
                 own,
                 older_id,
-                State.SENT.value,
                 State.WAITING.value,
+                State.SENT.value,
+                recently,
                 own,
                 own,
                 State.QUEUED.value,

@@ -32,8 +32,12 @@ class OutboxCallQuerySet(models.QuerySet["OutboxCall"]):
         return self.filter(
             Q(state=State.QUEUED, created__lte=written_before)
             | Q(state__in=OutboxCall.CLAIMABLE_WHEN_DUE, due__lte=now)
-            | (Q(state=State.WAITING) & ~Exists(_earlier_calls()))
+            | _no_longer_held_back()
         )
+
+    def no_longer_held_back(self) -> OutboxCallQuerySet:
+        """Waiting calls with no earlier call of their row left."""
+        return self.filter(_no_longer_held_back())
 
     def held_back(self) -> OutboxCallQuerySet:
         """Calls an earlier call of their receiver for their row keeps from
@@ -218,6 +222,10 @@ class OutboxCall(models.Model):
         if self.state != OutboxCall.State.WAITING:
             return None
         return self.earlier_calls().first()
+
+
+def _no_longer_held_back() -> Q:
+    return Q(state=OutboxCall.State.WAITING) & ~Exists(_earlier_calls())
 
 
 def _earlier_calls() -> OutboxCallQuerySet:
