@@ -39,6 +39,7 @@ collect_ignore = (
         "test_status.py",
         "test_status_browser.py",
         "test_status_fragment.py",
+        "test_supersede.py",
     ]
 )
 
