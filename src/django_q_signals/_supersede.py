@@ -1,7 +1,7 @@
 """``supersede=True``: a receiver's newer call for a row takes the place of
 its calls for that row that have not started.
 
-Within one commit, only each row's last call is sent (``latest_calls``).
+Within one commit, only each row's last call is sent.
 After the commit, before they are sent, ``settle`` compares the calls with
 their receiver's other calls for their rows, on each database:
 
@@ -48,12 +48,10 @@ logger = logging.getLogger("django_q_signals")
 Key = tuple[str, str, str, str]
 
 
-def latest_calls(calls: list[Call]) -> list[Call]:
+def _latest_calls(calls: list[Call]) -> list[Call]:
     """``calls`` but those of a ``supersede`` receiver that a later call of
     ``calls`` for the same row replaces: never sent, their rows go when that
     call is settled."""
-    if not _superseding(calls):
-        return calls
     keys = [key(call) for call in calls]
     # Where each row's last call is.
     last = {key: position for position, key in enumerate(keys) if key is not None}
@@ -91,7 +89,7 @@ def settle(calls: list[Call]) -> list[Call]:
     they are: the older calls they would replace may run too."""
     if not _superseding(calls):
         return calls
-    calls = latest_calls(calls)
+    calls = _latest_calls(calls)
     if _send.diversions:
         # The testing helpers: every call they take runs when asked to.
         return calls
