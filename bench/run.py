@@ -12,7 +12,7 @@ For each backend and each N, the N rows are saved in one transaction, and for
 each mode it measures:
 
 - the request path: time per save, the commit and the queuing included, with
-  no worker running (best of three at N = 2,000);
+  no worker running (best of five at N = 2,000);
 - memory: bytes the request process holds per deferred call until the commit,
   and its peak at the commit (tracemalloc, in a run of its own);
 - what is queued: tasks, and bytes per call;

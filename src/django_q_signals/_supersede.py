@@ -248,9 +248,9 @@ def _take_places(
     waiting, or on the broker since less than OUTBOX_RELAY_AFTER (its task
     may be lost), was never claimed (a claim that expired may yet end and
     delete it) and holds an older call, and the call's own row is still
-    queued: one ``executemany``, then a SELECT of what the rows hold. The
-    pks of the calls now replaced: those that took a row's place, and those
-    a newer call's took first."""
+    queued: one ``executemany``, then, unless each changed its row, a SELECT
+    of what the rows hold. The pks of the calls now replaced: those that
+    took a row's place, and those a newer call's took first."""
     if not take_place:
         return set()
     from django_q_signals.models import OutboxCall
@@ -285,6 +285,9 @@ def _take_places(
             for own, older_id in ((call.outbox_id, older) for call, older in take_place)
         ],
     )
+    if cursor.rowcount == len(take_place):
+        # Each UPDATE changed its row: every call took its place.
+        return {call.outbox_id for call, _ in take_place if call.outbox_id}
     holds: dict[int, int] = {}
     for chunk in chunks([older_id for _, older_id in take_place]):
         cursor.execute(
