@@ -48,15 +48,15 @@ logger = logging.getLogger("django_q_signals")
 Key = tuple[str, str, str, str]
 
 
-def _latest_calls(calls: list[Call]) -> list[Call]:
+def _latest_calls(calls: list[Call]) -> list[tuple[Call, Key | None]]:
     """``calls`` but those of a ``supersede`` receiver that a later call of
-    ``calls`` for the same row replaces: never sent, their rows go when that
-    call is settled."""
+    ``calls`` for the same row replaces (never sent, their rows go when that
+    call is settled), each with its key."""
     keys = [key(call) for call in calls]
     # Where each row's last call is.
     last = {key: position for position, key in enumerate(keys) if key is not None}
     return [
-        call
+        (call, key)
         for position, (call, key) in enumerate(zip(calls, keys, strict=True))
         if key is None or last[key] == position
     ]
@@ -89,13 +89,13 @@ def settle(calls: list[Call]) -> list[Call]:
     they are: the older calls they would replace may run too."""
     if not _superseding(calls):
         return calls
-    calls = _latest_calls(calls)
+    latest = _latest_calls(calls)
+    calls = [call for call, _ in latest]
     if _send.diversions:
         # The testing helpers: every call they take runs when asked to.
         return calls
     keyed: dict[str, list[tuple[Call, Key]]] = defaultdict(list)
-    for call in calls:
-        call_key = key(call)
+    for call, call_key in latest:
         if call_key is not None:
             keyed[call.alias].append((call, call_key))
     if not keyed:
