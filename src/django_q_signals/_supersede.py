@@ -175,7 +175,8 @@ def _settle_on(alias: str, keyed: list[tuple[Call, Key]]) -> list[Call]:
             elif call not in clear:
                 # That call started meanwhile: this one is sent after all.
                 clear.append(call)
-        _delete_queued(cursor, connection, sorted(c.outbox_id for c in replaced))
+        rows = sorted(call.outbox_id for call in replaced if call.outbox_id)
+        _delete_queued(cursor, connection, rows)
         delete_superseded(alias, clear)
     _send_unblocked(
         alias,
@@ -200,7 +201,7 @@ def _send_unblocked(alias: str, ids: list[int]) -> None:
         _relay.send_again(rows.no_longer_held_back())
 
 
-def _delete_queued(cursor: Any, connection: Any, ids: list[int | None]) -> None:
+def _delete_queued(cursor: Any, connection: Any, ids: list[int]) -> None:
     """Delete the rows ``ids`` that are still queued."""
     from django_q_signals.models import OutboxCall
 

@@ -225,7 +225,7 @@ class OutboxCall(models.Model):
 
 
 def _no_longer_held_back() -> Q:
-    return Q(state=OutboxCall.State.WAITING) & ~Exists(_earlier_calls())
+    return Q(~Exists(_earlier_calls()), state=OutboxCall.State.WAITING)
 
 
 def _earlier_calls() -> OutboxCallQuerySet:
