@@ -103,7 +103,13 @@ def settle(calls: list[Call]) -> list[Call]:
     not_sent: set[int] = set()
     for alias, of_alias in keyed.items():
         try:
-            not_sent.update(map(id, _settle_on(alias, of_alias)))
+            try:
+                settled = _settle_on(alias, of_alias)
+            except Error:
+                # Once more, from a fresh look: another commit settling the
+                # same rows may have made the database give up (a deadlock).
+                settled = _settle_on(alias, of_alias)
+            not_sent.update(map(id, settled))
         except Error:
             logger.exception(
                 "Could not look up the older calls of %d call(s) of supersede "
