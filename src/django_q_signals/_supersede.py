@@ -174,6 +174,8 @@ def _settle_on(alias: str, keyed: list[tuple[Call, Key]]) -> list[Call]:
     # Rows taken in the order of their pks, as by every other settling.
     take_place.sort(key=lambda place: place[1])
     with transaction.atomic(using=alias), connection.cursor() as cursor:
+        if connection.vendor == "mysql":
+            _lock_rows(cursor, connection, [call_key for _, call_key in keyed])
         took = _take_places(cursor, connection, take_place)
         for call, _ in take_place:
             if call.outbox_id in took:
@@ -220,21 +222,57 @@ def _delete_queued(cursor: Any, connection: Any, ids: list[int]) -> None:
         )
 
 
+def _by_model(keys: Iterable[Key]) -> list[tuple[str, str, list[str]]]:
+    """The receivers and models of ``keys``, each with its rows' pks, in the
+    order of the outbox's (receiver, model, object_pk, id) index."""
+    pks: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for _, receiver_name, label, pk in keys:
+        pks[receiver_name, label].add(pk)
+    return [(*names, sorted(of_model)) for names, of_model in sorted(pks.items())]
+
+
+def _lock_rows(cursor: Any, connection: Any, keys: list[Key]) -> None:
+    """Lock the receivers' calls for the rows of ``keys`` by their pks, in
+    their order, before anything is written: on MySQL and MariaDB.
+
+    There, the UPDATE that takes a place locks the rows its subquery reads,
+    and a DELETE each row it reads: two commits settling the same row would
+    otherwise each come to hold a row that the other waits for (a deadlock).
+    Locked first, and in one order, the second waits for the first. By pk,
+    as a worker deleting its calls locks them: a lock taken through another
+    index first would be taken in the other order."""
+    table, column = table_names(connection)
+    id_ = column("id")
+    ids: list[int] = []
+    for receiver_name, label, pks in _by_model(keys):
+        for chunk in chunks(pks):
+            cursor.execute(
+                f"SELECT {id_} FROM {table} "
+                f"WHERE {column('receiver')} = %s AND {column('model')} = %s "
+                f"AND {column('object_pk')} IN ({marks(chunk)})",
+                [receiver_name, label, *chunk],
+            )
+            ids.extend(row_id for (row_id,) in cursor.fetchall())
+    for chunk in chunks(sorted(ids)):
+        cursor.execute(
+            f"SELECT {id_} FROM {table} WHERE {id_} IN ({marks(chunk)}) "
+            f"ORDER BY {id_} FOR UPDATE",
+            chunk,
+        )
+
+
 def _find(alias: str, keys: list[Key]) -> dict[Key, list[_Found]]:
     """The calls not started for the receivers and rows of ``keys``: at most
     PKS_AT_MOST rows a query."""
     from django_q_signals.models import OutboxCall
 
     State = OutboxCall.State
-    rows: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
-    for _, receiver_name, label, pk in keys:
-        rows[receiver_name, label].add((label, pk))
     unstarted = Q(state__in=OutboxCall.UNSTARTED) | Q(
         state=State.FAILED, due__isnull=False
     )
     found: dict[Key, list[_Found]] = defaultdict(list)
-    for (receiver_name, label), of_model in rows.items():
-        for chunk in chunks(sorted(pk for _, pk in of_model)):
+    for receiver_name, label, pks in _by_model(keys):
+        for chunk in chunks(pks):
             calls = (
                 OutboxCall.objects.using(alias)
                 .filter(unstarted, receiver=receiver_name, model=label)
