@@ -248,9 +248,10 @@ def matrix(session: nox.Session, django: str) -> None:
     # MySQL and MariaDB once, in `nox -s tests`: CI's time goes on the pairs.
     services = (session.python, django) in SERVICE_PAIRS
     if not services:
-        session.log("Not run on PostgreSQL and Redis: that pass is for " + ", ".join(
-            f"matrix({py}-django{dj})" for py, dj in SERVICE_PAIRS
-        ))
+        session.log(
+            "Not run on PostgreSQL and Redis: that pass is for "
+            + ", ".join(f"matrix({py}-django{dj})" for py, dj in SERVICE_PAIRS)
+        )
     run_tests(session, "pytest", services=services)
 
 
