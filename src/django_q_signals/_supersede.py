@@ -31,7 +31,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.db import Error, connections, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from django_q_signals import _conf, _relay, _send
@@ -174,6 +173,11 @@ def _settle_on(alias: str, keyed: list[tuple[Call, Key]]) -> list[Call]:
     # Rows taken in the order of their pks, as by every other settling.
     take_place.sort(key=lambda place: place[1])
     with transaction.atomic(using=alias), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # Not worth a wait for the disk: lost in a crash, the new call is
+            # still queued (its commit was durable) and the relay sends it;
+            # the older calls run too, before it.
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
         if connection.vendor == "mysql":
             _lock_rows(cursor, connection, [call_key for _, call_key in keyed])
         took = _take_places(cursor, connection, take_place)
@@ -263,26 +267,33 @@ def _lock_rows(cursor: Any, connection: Any, keys: list[Key]) -> None:
 
 def _find(alias: str, keys: list[Key]) -> dict[Key, list[_Found]]:
     """The calls not started for the receivers and rows of ``keys``: at most
-    PKS_AT_MOST rows a query."""
+    PKS_AT_MOST rows a query. (In SQL: it runs after every commit of a
+    ``supersede`` receiver's call, where building a QuerySet would cost
+    more than the query.)"""
     from django_q_signals.models import OutboxCall
 
-    State = OutboxCall.State
-    unstarted = Q(state__in=OutboxCall.UNSTARTED) | Q(
-        state=State.FAILED, due__isnull=False
-    )
+    connection = connections[alias]
+    table, column = table_names(connection)
+    state = column("state")
+    unstarted = [choice.value for choice in OutboxCall.UNSTARTED]
+    failed = OutboxCall.State.FAILED.value
     found: dict[Key, list[_Found]] = defaultdict(list)
-    for receiver_name, label, pks in _by_model(keys):
-        for chunk in chunks(pks):
-            calls = (
-                OutboxCall.objects.using(alias)
-                .filter(unstarted, receiver=receiver_name, model=label)
-                .filter(object_pk__in=chunk)
-                .values_list("object_pk", "id", "state", "payload_of")
-            )
-            for object_pk, call_id, state, payload_of in calls:
-                found[alias, receiver_name, label, object_pk].append(
-                    _Found(call_id, state, payload_of)
+    with connection.cursor() as cursor:
+        for receiver_name, label, pks in _by_model(keys):
+            for chunk in chunks(pks):
+                cursor.execute(
+                    f"SELECT {column('object_pk')}, {column('id')}, {state}, "
+                    f"{column('payload_of')} FROM {table} "
+                    f"WHERE {column('receiver')} = %s AND {column('model')} = %s "
+                    f"AND {column('object_pk')} IN ({marks(chunk)}) "
+                    f"AND ({state} IN ({marks(unstarted)}) "
+                    f"OR ({state} = %s AND {column('due')} IS NOT NULL))",
+                    [receiver_name, label, *chunk, *unstarted, failed],
                 )
+                for object_pk, call_id, call_state, payload_of in cursor.fetchall():
+                    found[alias, receiver_name, label, object_pk].append(
+                        _Found(call_id, call_state, payload_of)
+                    )
     return found
 
 
