@@ -16,6 +16,7 @@ import pytest
 from django.db import DatabaseError, connection, connections, transaction
 from django.db.models.signals import post_save
 from django.dispatch import Signal
+from django.test import override_settings
 from django.utils import timezone
 
 from django_q_signals.models import OutboxCall
@@ -183,6 +184,108 @@ def test_a_call_a_newer_one_took_the_place_of_first_is_not_sent(
     ]
 
 
+def test_a_commits_earlier_calls_go_with_its_last_when_a_newer_call_replaces_it(
+    read: list[tuple[str, Any]],
+) -> None:
+    """Two calls for the row in one transaction, and, before it commits, a
+    call of another transaction takes the place of the row's call on the
+    broker: neither of the first two is sent, nor left to the relay."""
+    article = Article.objects.create(title="v1")
+    take_tasks()
+    [older] = OutboxCall.objects.all()
+    newer_call = 10**12
+
+    def a_newer_call_takes_its_place() -> None:
+        OutboxCall.objects.filter(pk=older.pk).update(payload_of=newer_call)
+
+    in_one_transaction = transaction.atomic()
+    with before(quoted(LOOK_UP), a_newer_call_takes_its_place), in_one_transaction:
+        save_titles(article, "v2", "v3")
+    assert not take_tasks()
+    assert list(OutboxCall.objects.values_list("pk", "payload_of")) == [
+        (older.pk, newer_call)
+    ]
+
+
+def test_a_row_runs_the_call_that_took_its_place_where_supersede_is_off_since(
+    connect: Connect[Any],
+) -> None:
+    """The worker reads the call from the row whatever its own settings say:
+    a worker started with other settings, or after supersede was turned off,
+    still runs the newest call."""
+    if not connection.features.update_can_self_select:
+        pytest.skip("MySQL's calls take no other call's place")
+    seen: list[Any] = []
+
+    @connect(post_save, sender=Article, outbox=True)
+    def reindex(instance: Article, update_fields: Any, **kwargs: Any) -> None:
+        seen.append(update_fields and sorted(update_fields))
+
+    with override_settings(Q_SIGNALS={"SUPERSEDE": True}):
+        article = Article.objects.create(title="v1")
+        [task] = take_tasks()
+        article.title = "v2"
+        article.save(update_fields=["title"])
+        assert not take_tasks()
+    run(task)
+    assert seen == [["title"]]
+    assert not OutboxCall.objects.exists()
+
+
+@pytest.mark.services
+def test_the_relay_cannot_send_a_call_while_it_takes_a_place(
+    read: list[tuple[str, Any]],
+) -> None:
+    """PostgreSQL: the relay, which passes over locked rows, locks a new call's
+    row and sends it just as the call would take the place of the row's call
+    on the broker: that place is not taken, and the new call runs once."""
+    if connection.vendor != "postgresql":
+        pytest.skip("MySQL and MariaDB lock the rows before; SQLite has one writer")
+    article = Article.objects.create(title="v1")
+    [first] = take_tasks()
+    locked, failures = threading.Event(), []
+
+    def relay() -> None:
+        try:
+            with transaction.atomic():
+                row = (
+                    OutboxCall.objects.select_for_update(skip_locked=True)
+                    .filter(state=State.QUEUED)
+                    .get()
+                )
+                locked.set()
+                time.sleep(0.3)  # the settling waits on the row meanwhile
+                OutboxCall.objects.filter(pk=row.pk).update(
+                    state=State.SENT, sent=timezone.now()
+                )
+        except BaseException as exc:
+            failures.append(exc)
+            locked.set()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=relay)
+
+    def the_relay_takes_the_new_call() -> None:
+        thread.start()
+        assert locked.wait(10)
+
+    with before(quoted(TAKE_PLACE), the_relay_takes_the_new_call):
+        save_titles(article, "v2")
+    thread.join()
+    assert not failures
+    # The call on the broker took nothing, and went: the new call, which the
+    # relay has, replaces it.
+    assert list(OutboxCall.objects.values_list("state", "payload_of")) == [
+        (State.SENT, None)
+    ]
+    # Sent by this commit too: the claim lets one of the two tasks run it.
+    for task in [first, *take_tasks()]:
+        run(task)
+    assert read == [("v2", None)]
+    assert not OutboxCall.objects.exists()
+
+
 def test_a_call_whose_row_a_newer_call_deleted_is_not_sent(
     read: list[tuple[str, Any]],
 ) -> None:
@@ -338,6 +441,38 @@ def test_a_waiting_call_whose_blocker_goes_is_sent_at_once(
     [task] = take_tasks()  # and, the failed call gone, it is sent
     run(task)
     assert seen == ["v3"]
+    assert not OutboxCall.objects.exists()
+
+
+def test_a_waiting_call_is_sent_at_once_when_the_calls_it_waits_for_go(
+    connect: Connect[Any],
+) -> None:
+    """ordered: a commit whose call a waiting call of another transaction
+    replaces deletes the row's older call that one waits for: it is sent."""
+    seen: list[str] = []
+
+    @connect(post_save, sender=Article, outbox=True, ordered=True, supersede=True)
+    def index(instance: Article, **kwargs: Any) -> None:
+        seen.append(instance.title)
+
+    article = Article.objects.create(title="v1")
+    [first] = take_tasks()
+    with transaction.atomic():
+        save_titles(article, "v2")
+        own = OutboxCall.objects.get(state=State.QUEUED)
+        # Another transaction's call, written after this one's and committed
+        # first, waiting for the call on the broker.
+        own.pk = None
+        own.state = State.WAITING
+        own.save()
+        waiting = own.pk
+    [task] = take_tasks()
+    assert list(OutboxCall.objects.values_list("pk", "state")) == [
+        (waiting, State.SENT)
+    ]
+    run(first)  # its row is gone: nothing runs
+    run(task)
+    assert seen == ["v2"]
     assert not OutboxCall.objects.exists()
 
 

@@ -5,8 +5,8 @@ next attempt, or given back unstarted.
 
 An ``ordered`` receiver's call that an earlier call of its row holds back
 is not claimed: it is marked ``waiting`` here, and ``_order`` sends it when
-that call is done. A ``supersede`` receiver's claim reads the calls from the
-rows, as a later call may have taken a row's place (``_supersede``).
+that call is done. A claim reads the call a row holds where a later call
+took the row's place (``_supersede``): the task carries the earlier one.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ if TYPE_CHECKING:
 #: little after its timeout, not at once.
 CLAIM_MARGIN = 5
 
-#: What a claim reads of each row it took; for a ``supersede`` receiver, and
-#: a row that took a later call's place, that call too.
+#: What a claim reads of each row it took; for a row that took a later
+#: call's place, that call too.
 _CLAIMED_COLUMNS = ("id", "model", "object_pk", "created", "sent", "attempts")
 
 
@@ -78,20 +78,15 @@ class Claim:
         #: Per database: the pks of the calls whose handler returned.
         self._done: dict[str, list[int]] = defaultdict(list)
         in_order = receiver.keeps_order
-        read = receiver.supersedes
         for alias, ids in by_alias(refs):
-            claimed = _claim(
-                alias, ids, self.token, now, until, in_order=in_order, read=read
-            )
+            claimed = _claim(alias, ids, self.token, now, until, in_order=in_order)
             if in_order and len(claimed) < len(ids):
                 # Held back by an earlier call of their row: waiting. Then
                 # again, as that call may have finished meanwhile and found
                 # nothing waiting to send.
                 rest = sorted(set(ids) - set(claimed))
                 hold_back(alias, rest)
-                claimed |= _claim(
-                    alias, rest, self.token, now, until, in_order=True, read=read
-                )
+                claimed |= _claim(alias, rest, self.token, now, until, in_order=True)
             self._claimed.update(((alias, pk), row) for pk, row in claimed.items())
 
     def holds(self, ref: Ref | None) -> bool:
@@ -185,14 +180,14 @@ def _claim(
     until: datetime,
     *,
     in_order: bool = False,
-    read: bool = False,
 ) -> dict[int, Claimed]:
     """Claim the rows no live run has, until ``until``: plain UPDATEs of at
     most PKS_AT_MOST pks, in autocommit, which return what they claimed
     where the database can (PostgreSQL, SQLite), and are followed by a
     SELECT of it elsewhere. ``in_order``: only rows with no earlier call of
-    their receiver for their row. ``read``: with their calls' payloads. The
-    rows claimed, by pk."""
+    their receiver for their row. The rows claimed, by pk, each with the
+    later call it holds, if one took its place (``supersede``: whatever the
+    receiver's option says now, as another process may have settled it)."""
     from django_q_signals.models import OutboxCall
 
     connection = connections[alias]
@@ -211,7 +206,6 @@ def _claim(
                 len(chunk),
                 in_order=in_order,
                 returning=returning,
-                read=read,
             )
             cursor.execute(sql, [when(until), token, *chunk, *params, when(now)])
             if returning:
@@ -219,10 +213,8 @@ def _claim(
     if not returning:  # pragma: no cover (MariaDB, MySQL)
         ours = OutboxCall.objects.using(alias).filter(claim=token)
         for chunk in chunks(ids):
-            rows = ours.filter(pk__in=chunk)
-            if read:
-                rows = rows.annotate(held=_held_call())
-            found += rows.values_list(*_CLAIMED_COLUMNS, *(["held"] if read else []))
+            rows = ours.filter(pk__in=chunk).annotate(held=_held_call())
+            found += rows.values_list(*_CLAIMED_COLUMNS, "held")
     read_time = _datetime_reader(connection)
     return {
         pk: Claimed(
@@ -231,9 +223,9 @@ def _claim(
             if attempts == 1
             else None,
             attempts,
-            payload[0] if payload else None,
+            payload,
         )
-        for pk, model_label, object_pk, created, sent, attempts, *payload in found
+        for pk, model_label, object_pk, created, sent, attempts, payload in found
     }
 
 
@@ -273,12 +265,11 @@ def _claim_statement(
     *,
     in_order: bool,
     returning: bool = False,
-    read: bool = False,
 ) -> tuple[str, list[str]]:
     """The UPDATE claiming ``count`` rows, and its parameters between the
     pks and the time: it takes the claim's end, its token, the pks, those,
     and the time now. ``returning``: it returns the _CLAIMED_COLUMNS of the
-    rows it claimed, and, ``read``, the call of each that holds a later one."""
+    rows it claimed, and the call of each that holds a later one."""
     from django_q_signals.models import OutboxCall
 
     table, column = table_names(connection)
@@ -298,13 +289,12 @@ def _claim_statement(
         f"WHERE {column('id')} IN ({marks(['%s'] * count)}) AND {claimable}"
     )
     if returning:
-        sql += f" RETURNING {', '.join(map(column, _CLAIMED_COLUMNS))}"
-        if read:
-            # Not "IS NULL": SQLite 3.40 gets it wrong in RETURNING.
-            sql += (
-                f", CASE WHEN COALESCE({column('payload_of')}, 0) > 0 "
-                f"THEN {column('payload')} END"
-            )
+        # Not "IS NULL": SQLite 3.40 gets it wrong in RETURNING.
+        sql += (
+            f" RETURNING {', '.join(map(column, _CLAIMED_COLUMNS))}, "
+            f"CASE WHEN COALESCE({column('payload_of')}, 0) > 0 "
+            f"THEN {column('payload')} END"
+        )
     return sql, [state.value for state in (*at_once, *when_due)]
 
 

@@ -7,7 +7,8 @@ their receiver's other calls for their rows, on each database:
 
 - a call that a newer one already replaces (on the broker or waiting: it
   starts after this commit, so it reads what the commit wrote) is not sent,
-  and its row goes;
+  and its row goes, with the row's older calls not started (this commit's
+  earlier calls for the row among them);
 - where an older call is waiting, or on the broker (sent not long ago, and
   never claimed), the new call takes its place: that row takes the new
   call's payload (``payload_of`` says whose) and the new row goes. No task
@@ -108,7 +109,6 @@ def settle(calls: list[Call]) -> list[Call]:
                 # Once more, from a fresh look: another commit settling the
                 # same rows may have made the database give up (a deadlock).
                 settled = _settle_on(alias, of_alias)
-            not_sent.update(map(id, settled))
         except Error:
             logger.exception(
                 "Could not look up the older calls of %d call(s) of supersede "
@@ -117,6 +117,9 @@ def settle(calls: list[Call]) -> list[Call]:
                 len(of_alias),
                 alias,
             )
+            continue
+        not_sent.update(map(id, settled.not_sent))
+        _send_unblocked(alias, settled.unblocked)
     return [call for call in calls if id(call) not in not_sent]
 
 
@@ -132,8 +135,19 @@ class _Found(NamedTuple):
         return self.id if self.payload_of is None else self.payload_of
 
 
-def _settle_on(alias: str, keyed: list[tuple[Call, Key]]) -> list[Call]:
-    """Settle the calls on ``alias``: the calls not to send."""
+class _Settled(NamedTuple):
+    """What settling the calls on a database did."""
+
+    #: The calls not to send: they took a place, a newer call replaces
+    #: them, or their row was sent or deleted meanwhile.
+    not_sent: list[Call]
+    #: ``ordered``: the waiting rows that took a call, or whose row's older
+    #: calls went, to send if nothing holds them back any more.
+    unblocked: list[int]
+
+
+def _settle_on(alias: str, keyed: list[tuple[Call, Key]]) -> _Settled:
+    """Settle the calls on ``alias``."""
     from django_q_signals.models import OutboxCall
 
     State = OutboxCall.State
@@ -145,38 +159,53 @@ def _settle_on(alias: str, keyed: list[tuple[Call, Key]]) -> list[Call]:
     gone: list[Call] = []  # replaced by a newer call already, or sent
     replaced: list[Call] = []  # a newer call replaces it: its row goes
     take_place: list[tuple[Call, int]] = []  # the call, and the older row
-    clear: list[Call] = []  # its older calls not started go
+    clear: dict[int, Call] = {}  # by id(): its older calls not started go
+    waiting: list[int] = []  # ordered: rows that may wait for those
     for call, call_key in keyed:
         own = call.outbox_id
         assert own is not None  # it has a key
         calls = found.get(call_key, [])
-        if not any(row.id == own and row.state == State.QUEUED for row in calls):
-            # Its row is gone (a newer call's settling deleted it) or was
-            # sent by the relay meanwhile.
+        # Calls written before it that hold nothing newer: the commit's own
+        # earlier calls for the row among them.
+        older = [row for row in calls if row.id != own and row.newest_call() < own]
+        mine = [row.state for row in calls if row.id == own]
+        if mine != [State.QUEUED]:
+            # Its row is gone (a newer call's settling deleted it, and the
+            # older ones) or was sent by the relay meanwhile.
             gone.append(call)
-            continue
-        on_its_way = [r for r in calls if r.id != own and r.state in on_the_way]
-        if any(row.newest_call() > own for row in on_its_way):
+            if not mine:
+                continue
+        elif any(
+            row.state in on_the_way and row.newest_call() > own
+            for row in calls
+            if row.id != own
+        ):
             replaced.append(call)
-            continue
-        older = [row for row in calls if row.id != own]
-        if on_its_way and can_take_place:
+        elif can_take_place and (
+            on_its_way := [row.id for row in older if row.state in on_the_way]
+        ):
             # The oldest: with ordered, the one the others wait for.
-            taken = min(row.id for row in on_its_way)
-            take_place.append((call, taken))
-            if len(older) > 1:
-                clear.append(call)
-        elif older:
-            clear.append(call)
+            take_place.append((call, min(on_its_way)))
+            if len(older) == 1:
+                continue
+        if older:
+            clear[id(call)] = call
+            if call.receiver.keeps_order:
+                # Perhaps waiting for calls that go: sent if nothing else
+                # holds them back.
+                waiting += [row.id for row in calls if row.state == State.WAITING]
     if not (replaced or take_place or clear):
-        return gone
+        return _Settled(gone, [])
     # Rows taken in the order of their pks, as by every other settling.
     take_place.sort(key=lambda place: place[1])
     with transaction.atomic(using=alias), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            # Not worth a wait for the disk: lost in a crash, the new call is
-            # still queued (its commit was durable) and the relay sends it;
-            # the older calls run too, before it.
+            # Not worth a wait for the disk. Every claim commits durably
+            # before its handler runs, which makes this settling durable
+            # first: a crash of the server can lose it only while no handler
+            # has acted on it. Lost, the new call is still queued (its own
+            # commit was durable) and the relay sends it; the calls it
+            # replaced run too.
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
         if connection.vendor == "mysql":
             _lock_rows(cursor, connection, [call_key for _, call_key in keyed])
@@ -184,21 +213,18 @@ def _settle_on(alias: str, keyed: list[tuple[Call, Key]]) -> list[Call]:
         for call, _ in take_place:
             if call.outbox_id in took:
                 replaced.append(call)
-            elif call not in clear:
+            else:
                 # That call started meanwhile: this one is sent after all.
-                clear.append(call)
+                clear[id(call)] = call
         rows = sorted(call.outbox_id for call in replaced if call.outbox_id)
         _delete_queued(cursor, connection, rows)
-        delete_superseded(alias, clear)
-    _send_unblocked(
-        alias,
-        [
-            older
-            for call, older in take_place
-            if call.receiver.keeps_order and call in replaced
-        ],
-    )
-    return gone + replaced
+        delete_superseded(alias, clear.values())
+    waiting += [
+        older
+        for call, older in take_place
+        if call.receiver.keeps_order and call.outbox_id in took
+    ]
+    return _Settled(gone + replaced, sorted(set(waiting)))
 
 
 def _send_unblocked(alias: str, ids: list[int]) -> None:
@@ -208,9 +234,16 @@ def _send_unblocked(alias: str, ids: list[int]) -> None:
     (``_order.send_next`` passes over a row another transaction holds)."""
     from django_q_signals.models import OutboxCall
 
-    for chunk in chunks(ids):
-        rows = OutboxCall.objects.using(alias).filter(pk__in=chunk)
-        _relay.send_again(rows.no_longer_held_back())
+    try:
+        for chunk in chunks(ids):
+            rows = OutboxCall.objects.using(alias).filter(pk__in=chunk)
+            _relay.send_again(rows.no_longer_held_back())
+    except Error:
+        logger.exception(
+            "Could not send the waiting calls of ordered supersede receivers "
+            "that nothing holds back any more, on database %r: the relay sends them",
+            alias,
+        )
 
 
 def _delete_queued(cursor: Any, connection: Any, ids: list[int]) -> None:
@@ -318,6 +351,10 @@ def _take_places(
     # A call sent longer ago may have lost its task: the relay will tell.
     relay_after = timedelta(seconds=_conf.get().outbox_relay_after)
     recently = connection.ops.adapt_datetimefield_value(timezone.now() - relay_after)
+    # The call's own row is locked as it is found queued, where the database
+    # can (PostgreSQL; MySQL and MariaDB locked it first): the relay, which
+    # passes over locked rows, cannot send it before it is deleted.
+    lock = " FOR UPDATE" if connection.vendor == "postgresql" else ""
     cursor.executemany(
         f"UPDATE {table} SET {column('payload')} = (SELECT {new}.{column('payload')} "
         f"FROM {table} {new} WHERE {new}.{id_} = %s), {payload_of} = %s "
@@ -325,7 +362,7 @@ def _take_places(
         f"AND ({state} = %s OR ({state} = %s AND {column('sent')} >= %s)) "
         f"AND COALESCE({payload_of}, {id_}) < %s "
         f"AND EXISTS (SELECT 1 FROM {table} {new} "
-        f"WHERE {new}.{id_} = %s AND {new}.{state} = %s)",
+        f"WHERE {new}.{id_} = %s AND {new}.{state} = %s{lock})",
         [
             (
                 own,
