@@ -207,8 +207,11 @@ def _settle_on(alias: str, keyed: list[tuple[Call, Key]]) -> _Settled:
             # commit was durable) and the relay sends it; the calls it
             # replaced run too.
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        if connection.vendor == "mysql":
-            _lock_rows(cursor, connection, [call_key for _, call_key in keyed])
+        if connection.features.has_select_for_update:
+            writing = {id(call) for call in [*replaced, *clear.values()]}
+            writing |= {id(call) for call, _ in take_place}
+            keys = [call_key for call, call_key in keyed if id(call) in writing]
+            _lock_rows(cursor, connection, keys)
         took = _take_places(cursor, connection, take_place)
         for call, _ in take_place:
             if call.outbox_id in took:
@@ -269,33 +272,43 @@ def _by_model(keys: Iterable[Key]) -> list[tuple[str, str, list[str]]]:
 
 
 def _lock_rows(cursor: Any, connection: Any, keys: list[Key]) -> None:
-    """Lock the receivers' calls for the rows of ``keys`` by their pks, in
-    their order, before anything is written: on MySQL and MariaDB.
+    """Lock the receivers' calls for the rows of ``keys``, as they are now,
+    in the order of their pks, before anything is written (not on SQLite,
+    whose one writer makes the others wait).
 
-    There, the UPDATE that takes a place locks the rows its subquery reads,
-    and a DELETE each row it reads: two commits settling the same row would
-    otherwise each come to hold a row that the other waits for (a deadlock).
-    Locked first, and in one order, the second waits for the first. By pk,
-    as a worker deleting its calls locks them: a lock taken through another
-    index first would be taken in the other order."""
+    Two commits settling calls of the same row each write rows the other's
+    statements read or write (the UPDATE that takes a place, the DELETEs),
+    in orders of their own: each could come to hold a row the other waits
+    for (a deadlock). Locked first, by pk as a worker deleting its calls
+    locks them, the second waits for the first. The new calls' own rows
+    among them: the relay, which passes over locked rows, cannot send one
+    meanwhile."""
     table, column = table_names(connection)
     id_ = column("id")
-    ids: list[int] = []
+    of_rows = (
+        f"FROM {table} WHERE {column('receiver')} = %s AND {column('model')} = %s "
+        f"AND {column('object_pk')} IN "
+    )
     for receiver_name, label, pks in _by_model(keys):
         for chunk in chunks(pks):
-            cursor.execute(
-                f"SELECT {id_} FROM {table} "
-                f"WHERE {column('receiver')} = %s AND {column('model')} = %s "
-                f"AND {column('object_pk')} IN ({marks(chunk)})",
-                [receiver_name, label, *chunk],
-            )
-            ids.extend(row_id for (row_id,) in cursor.fetchall())
-    for chunk in chunks(sorted(ids)):
-        cursor.execute(
-            f"SELECT {id_} FROM {table} WHERE {id_} IN ({marks(chunk)}) "
-            f"ORDER BY {id_} FOR UPDATE",
-            chunk,
-        )
+            params = [receiver_name, label, *chunk]
+            if connection.vendor == "postgresql":
+                # Locked as they come out of the sort.
+                cursor.execute(
+                    f"SELECT {id_} {of_rows}({marks(chunk)}) ORDER BY {id_} FOR UPDATE",
+                    params,
+                )
+                continue
+            # MySQL and MariaDB lock rows as they read them, here through
+            # the (receiver, model, object_pk, id) index: their pks first.
+            cursor.execute(f"SELECT {id_} {of_rows}({marks(chunk)})", params)
+            ids = sorted(row_id for (row_id,) in cursor.fetchall())
+            for of_ids in chunks(ids):
+                cursor.execute(
+                    f"SELECT {id_} FROM {table} WHERE {id_} IN ({marks(of_ids)}) "
+                    f"ORDER BY {id_} FOR UPDATE",
+                    of_ids,
+                )
 
 
 def _find(alias: str, keys: list[Key]) -> dict[Key, list[_Found]]:
@@ -351,10 +364,6 @@ def _take_places(
     # A call sent longer ago may have lost its task: the relay will tell.
     relay_after = timedelta(seconds=_conf.get().outbox_relay_after)
     recently = connection.ops.adapt_datetimefield_value(timezone.now() - relay_after)
-    # The call's own row is locked as it is found queued, where the database
-    # can (PostgreSQL; MySQL and MariaDB locked it first): the relay, which
-    # passes over locked rows, cannot send it before it is deleted.
-    lock = " FOR UPDATE" if connection.vendor == "postgresql" else ""
     cursor.executemany(
         f"UPDATE {table} SET {column('payload')} = (SELECT {new}.{column('payload')} "
         f"FROM {table} {new} WHERE {new}.{id_} = %s), {payload_of} = %s "
@@ -362,7 +371,7 @@ def _take_places(
         f"AND ({state} = %s OR ({state} = %s AND {column('sent')} >= %s)) "
         f"AND COALESCE({payload_of}, {id_}) < %s "
         f"AND EXISTS (SELECT 1 FROM {table} {new} "
-        f"WHERE {new}.{id_} = %s AND {new}.{state} = %s{lock})",
+        f"WHERE {new}.{id_} = %s AND {new}.{state} = %s)",
         [
             (
                 own,
