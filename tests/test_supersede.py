@@ -167,31 +167,17 @@ def test_a_call_whose_older_call_starts_meanwhile_is_sent(
     assert [title for title, _ in read] == ["v2", "v2"]
 
 
-def test_a_call_a_newer_one_took_the_place_of_first_is_not_sent(
-    read: list[tuple[str, Any]],
+@pytest.mark.parametrize("titles", [["v2"], ["v2", "v3"]], ids=["one", "two"])
+@pytest.mark.parametrize("step", [LOOK_UP, TAKE_PLACE], ids=["look-up", "take-place"])
+def test_calls_a_newer_one_took_the_place_of_first_are_neither_sent_nor_left(
+    read: list[tuple[str, Any]], step: str, titles: list[str]
 ) -> None:
-    article = Article.objects.create(title="v1")
-    take_tasks()
-    [older] = OutboxCall.objects.all()
-    newer_call = 10**12
-
-    def a_newer_call_takes_its_place() -> None:
-        OutboxCall.objects.filter(pk=older.pk).update(payload_of=newer_call)
-
-    with before(quoted(TAKE_PLACE), a_newer_call_takes_its_place):
-        save_titles(article, "v2")
-    assert not take_tasks()
-    assert list(OutboxCall.objects.values_list("pk", "payload_of")) == [
-        (older.pk, newer_call)
-    ]
-
-
-def test_a_commits_earlier_calls_go_with_its_last_when_a_newer_call_replaces_it(
-    read: list[tuple[str, Any]],
-) -> None:
-    """Two calls for the row in one transaction, and, before it commits, a
-    call of another transaction takes the place of the row's call on the
-    broker: neither of the first two is sent, nor left to the relay."""
+    """Before this commit's calls for the row are looked up, or take the
+    place of its call on the broker, another transaction's newer call takes
+    that place: this commit's calls (one or two) are not sent, nor left to
+    the relay."""
+    if step == TAKE_PLACE and not connection.features.update_can_self_select:
+        pytest.skip("MySQL's calls take no other call's place")
     article = Article.objects.create(title="v1")
     take_tasks()
     [older] = OutboxCall.objects.all()
@@ -201,8 +187,8 @@ def test_a_commits_earlier_calls_go_with_its_last_when_a_newer_call_replaces_it(
         OutboxCall.objects.filter(pk=older.pk).update(payload_of=newer_call)
 
     in_one_transaction = transaction.atomic()
-    with before(quoted(LOOK_UP), a_newer_call_takes_its_place), in_one_transaction:
-        save_titles(article, "v2", "v3")
+    with before(quoted(step), a_newer_call_takes_its_place), in_one_transaction:
+        save_titles(article, *titles)
     assert not take_tasks()
     assert list(OutboxCall.objects.values_list("pk", "payload_of")) == [
         (older.pk, newer_call)
