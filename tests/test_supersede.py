@@ -19,6 +19,7 @@ from django.dispatch import Signal
 from django.test import override_settings
 from django.utils import timezone
 
+from django_q_signals import _relay
 from django_q_signals.models import OutboxCall
 from django_q_signals.testing import capture_calls
 from tests.conftest import Connect
@@ -462,6 +463,66 @@ def test_a_waiting_call_is_sent_at_once_when_the_calls_it_waits_for_go(
     run(task)
     assert seen == ["v2"]
     assert not OutboxCall.objects.exists()
+
+
+def test_a_call_the_relay_sent_meanwhile_replaces_the_older_calls(
+    read: list[tuple[str, Any]],
+) -> None:
+    """The relay sends a commit's last call for the row before the commit
+    settles it (a transaction held open past OUTBOX_RELAY_AFTER): it is not
+    sent again, and the row's older calls go, the commit's first among them."""
+    article = Article.objects.create(title="v1")
+    take_tasks()
+
+    def the_relay_sends_the_last() -> None:
+        last = OutboxCall.objects.latest("pk")
+        OutboxCall.objects.filter(pk=last.pk).update(
+            state=State.SENT, sent=timezone.now()
+        )
+
+    in_one_transaction = transaction.atomic()
+    with before(quoted(LOOK_UP), the_relay_sends_the_last), in_one_transaction:
+        save_titles(article, "v2", "v3")
+    assert not take_tasks()
+    [last] = OutboxCall.objects.all()
+    assert last.state == State.SENT
+    _relay.send_again(OutboxCall.objects.all())  # the relay's task
+    run_all()
+    assert read == [("v3", None)]
+
+
+def test_a_waiting_call_left_unsent_by_a_failing_database_waits_for_the_relay(
+    connect: Connect[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[str] = []
+
+    @connect(post_save, sender=Article, outbox=True, ordered=True, supersede=True)
+    def index(instance: Article, **kwargs: Any) -> None:
+        seen.append(instance.title)
+
+    article = Article.objects.create(title="v1")
+    take_tasks()
+
+    def fail(rows: Any) -> int:
+        raise DatabaseError("the database went away")
+
+    with monkeypatch.context() as patched, caplog.at_level(logging.ERROR):
+        patched.setattr(_relay, "send_again", fail)
+        # As in the test above: the waiting call is left with nothing before it.
+        with transaction.atomic():
+            save_titles(article, "v2")
+            own = OutboxCall.objects.get(state=State.QUEUED)
+            own.pk = None
+            own.state = State.WAITING
+            own.save()
+    assert "the relay sends them" in caplog.text
+    assert not take_tasks()
+    assert list(OutboxCall.objects.values_list("state", flat=True)) == [State.WAITING]
+    assert _relay.run() == 1
+    run_all()
+    assert seen == ["v2"]
 
 
 def test_captured_calls_all_run(read: list[tuple[str, Any]]) -> None:
