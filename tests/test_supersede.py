@@ -46,6 +46,32 @@ def read(connect: Connect[Any]) -> list[tuple[str, Any]]:
     return seen
 
 
+@pytest.fixture
+def seen(connect: Connect[Any]) -> list[str]:
+    """The titles an ordered and superseding receiver's handler read."""
+    titles: list[str] = []
+
+    @connect(post_save, sender=Article, outbox=True, ordered=True, supersede=True)
+    def index(instance: Article, **kwargs: Any) -> None:
+        titles.append(instance.title)
+
+    return titles
+
+
+def commit_beside_a_waiting_call(article: Article, title: str) -> int:
+    """Save ``article`` with ``title`` in a transaction that, before it
+    commits, finds a newer call of another transaction committed first and
+    waiting for the call on the broker: that call's pk."""
+    with transaction.atomic():
+        save_titles(article, title)
+        waiting = OutboxCall.objects.get(state=State.QUEUED)
+        waiting.pk = None
+        waiting.state = State.WAITING
+        waiting.save()
+    assert waiting.pk is not None
+    return waiting.pk
+
+
 def test_a_new_call_takes_the_place_of_the_one_on_the_broker(
     read: list[tuple[str, Any]],
 ) -> None:
@@ -405,15 +431,7 @@ def test_a_call_claimed_before_or_sent_long_ago_keeps_its_place(
         assert read.pop() == ("v2", None)
 
 
-def test_a_waiting_call_whose_blocker_goes_is_sent_at_once(
-    connect: Connect[Any],
-) -> None:
-    seen: list[str] = []
-
-    @connect(post_save, sender=Article, outbox=True, ordered=True, supersede=True)
-    def index(instance: Article, **kwargs: Any) -> None:
-        seen.append(instance.title)
-
+def test_a_waiting_call_whose_blocker_goes_is_sent_at_once(seen: list[str]) -> None:
     article = Article.objects.create(title="v1")
     take_tasks()
     later = timezone.now() + timedelta(hours=1)
@@ -434,27 +452,13 @@ def test_a_waiting_call_whose_blocker_goes_is_sent_at_once(
 
 
 def test_a_waiting_call_is_sent_at_once_when_the_calls_it_waits_for_go(
-    connect: Connect[Any],
+    seen: list[str],
 ) -> None:
     """ordered: a commit whose call a waiting call of another transaction
     replaces deletes the row's older call that one waits for: it is sent."""
-    seen: list[str] = []
-
-    @connect(post_save, sender=Article, outbox=True, ordered=True, supersede=True)
-    def index(instance: Article, **kwargs: Any) -> None:
-        seen.append(instance.title)
-
     article = Article.objects.create(title="v1")
     [first] = take_tasks()
-    with transaction.atomic():
-        save_titles(article, "v2")
-        own = OutboxCall.objects.get(state=State.QUEUED)
-        # Another transaction's call, written after this one's and committed
-        # first, waiting for the call on the broker.
-        own.pk = None
-        own.state = State.WAITING
-        own.save()
-        waiting = own.pk
+    waiting = commit_beside_a_waiting_call(article, "v2")
     [task] = take_tasks()
     assert list(OutboxCall.objects.values_list("pk", "state")) == [
         (waiting, State.SENT)
@@ -492,16 +496,8 @@ def test_a_call_the_relay_sent_meanwhile_replaces_the_older_calls(
 
 
 def test_a_waiting_call_left_unsent_by_a_failing_database_waits_for_the_relay(
-    connect: Connect[Any],
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    seen: list[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    seen: list[str] = []
-
-    @connect(post_save, sender=Article, outbox=True, ordered=True, supersede=True)
-    def index(instance: Article, **kwargs: Any) -> None:
-        seen.append(instance.title)
-
     article = Article.objects.create(title="v1")
     take_tasks()
 
@@ -510,13 +506,8 @@ def test_a_waiting_call_left_unsent_by_a_failing_database_waits_for_the_relay(
 
     with monkeypatch.context() as patched, caplog.at_level(logging.ERROR):
         patched.setattr(_relay, "send_again", fail)
-        # As in the test above: the waiting call is left with nothing before it.
-        with transaction.atomic():
-            save_titles(article, "v2")
-            own = OutboxCall.objects.get(state=State.QUEUED)
-            own.pk = None
-            own.state = State.WAITING
-            own.save()
+        # The waiting call is left with nothing before it.
+        commit_beside_a_waiting_call(article, "v2")
     assert "the relay sends them" in caplog.text
     assert not take_tasks()
     assert list(OutboxCall.objects.values_list("state", flat=True)) == [State.WAITING]
