@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -208,7 +208,7 @@ def _settle_on(alias: str, keyed: list[tuple[Call, Key]]) -> _Settled:
             # replaced run too.
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
         if connection.features.has_select_for_update:
-            writing = {id(call) for call in [*replaced, *clear.values()]}
+            writing = {id(call) for call in replaced} | clear.keys()
             writing |= {id(call) for call, _ in take_place}
             keys = [call_key for call, call_key in keyed if id(call) in writing]
             _lock_rows(cursor, connection, keys)
@@ -271,6 +271,29 @@ def _by_model(keys: Iterable[Key]) -> list[tuple[str, str, list[str]]]:
     return [(*names, sorted(of_model)) for names, of_model in sorted(pks.items())]
 
 
+def _not_started(table: str, column: Callable[[str], str]) -> tuple[str, list[str]]:
+    """The SQL condition for a call not started (queued, sent or waiting, or
+    failed with a retry to come), and its parameters."""
+    from django_q_signals.models import OutboxCall
+
+    state = f"{table}.{column('state')}"
+    unstarted = [choice.value for choice in OutboxCall.UNSTARTED]
+    condition = (
+        f"({state} IN ({marks(unstarted)}) "
+        f"OR ({state} = %s AND {table}.{column('due')} IS NOT NULL))"
+    )
+    return condition, [*unstarted, OutboxCall.State.FAILED.value]
+
+
+def _of_rows(table: str, column: Callable[[str], str], pks: list[str]) -> str:
+    """The SQL condition for a receiver's calls for a model's rows ``pks``:
+    its parameters are the receiver's name, the model's label and the pks."""
+    return (
+        f"{column('receiver')} = %s AND {column('model')} = %s "
+        f"AND {column('object_pk')} IN ({marks(pks)})"
+    )
+
+
 def _lock_rows(cursor: Any, connection: Any, keys: list[Key]) -> None:
     """Lock the receivers' calls for the rows of ``keys``, as they are now,
     in the order of their pks, before anything is written (not on SQLite,
@@ -285,23 +308,17 @@ def _lock_rows(cursor: Any, connection: Any, keys: list[Key]) -> None:
     meanwhile."""
     table, column = table_names(connection)
     id_ = column("id")
-    of_rows = (
-        f"FROM {table} WHERE {column('receiver')} = %s AND {column('model')} = %s "
-        f"AND {column('object_pk')} IN "
-    )
     for receiver_name, label, pks in _by_model(keys):
         for chunk in chunks(pks):
+            rows = f"FROM {table} WHERE {_of_rows(table, column, chunk)}"
             params = [receiver_name, label, *chunk]
             if connection.vendor == "postgresql":
                 # Locked as they come out of the sort.
-                cursor.execute(
-                    f"SELECT {id_} {of_rows}({marks(chunk)}) ORDER BY {id_} FOR UPDATE",
-                    params,
-                )
+                cursor.execute(f"SELECT {id_} {rows} ORDER BY {id_} FOR UPDATE", params)
                 continue
             # MySQL and MariaDB lock rows as they read them, here through
             # the (receiver, model, object_pk, id) index: their pks first.
-            cursor.execute(f"SELECT {id_} {of_rows}({marks(chunk)})", params)
+            cursor.execute(f"SELECT {id_} {rows}", params)
             ids = sorted(row_id for (row_id,) in cursor.fetchall())
             for of_ids in chunks(ids):
                 cursor.execute(
@@ -316,25 +333,18 @@ def _find(alias: str, keys: list[Key]) -> dict[Key, list[_Found]]:
     PKS_AT_MOST rows a query. (In SQL: it runs after every commit of a
     ``supersede`` receiver's call, where building a QuerySet would cost
     more than the query.)"""
-    from django_q_signals.models import OutboxCall
-
     connection = connections[alias]
     table, column = table_names(connection)
-    state = column("state")
-    unstarted = [choice.value for choice in OutboxCall.UNSTARTED]
-    failed = OutboxCall.State.FAILED.value
+    not_started, states = _not_started(table, column)
     found: dict[Key, list[_Found]] = defaultdict(list)
     with connection.cursor() as cursor:
         for receiver_name, label, pks in _by_model(keys):
             for chunk in chunks(pks):
                 cursor.execute(
-                    f"SELECT {column('object_pk')}, {column('id')}, {state}, "
-                    f"{column('payload_of')} FROM {table} "
-                    f"WHERE {column('receiver')} = %s AND {column('model')} = %s "
-                    f"AND {column('object_pk')} IN ({marks(chunk)}) "
-                    f"AND ({state} IN ({marks(unstarted)}) "
-                    f"OR ({state} = %s AND {column('due')} IS NOT NULL))",
-                    [receiver_name, label, *chunk, *unstarted, failed],
+                    f"SELECT {column('object_pk')}, {column('id')}, "
+                    f"{column('state')}, {column('payload_of')} FROM {table} "
+                    f"WHERE {_of_rows(table, column, chunk)} AND {not_started}",
+                    [receiver_name, label, *chunk, *states],
                 )
                 for object_pk, call_id, call_state, payload_of in cursor.fetchall():
                     found[alias, receiver_name, label, object_pk].append(
@@ -424,19 +434,10 @@ def delete_superseded(alias: str, calls: Iterable[Call]) -> None:
             rows[call_key[1]].append((call_key[2], call_key[3], call.outbox_id))
     if not rows:
         return
-    from django_q_signals.models import OutboxCall
-
     connection = connections[alias]
     table, column = table_names(connection)
-    state, id_ = column("state"), column("id")
-    unstarted = [choice.value for choice in OutboxCall.UNSTARTED]
-    failed = OutboxCall.State.FAILED.value
-    # Not started: failed calls only with a retry to come.
-    not_started = (
-        f"{table}.{state} IN ({marks([*unstarted, failed])}) "
-        f"AND ({table}.{state} <> %s OR {table}.{column('due')} IS NOT NULL)"
-    )
-    states = [*unstarted, failed, failed]
+    id_ = column("id")
+    not_started, states = _not_started(table, column)
     older = f"COALESCE({table}.{column('payload_of')}, {table}.{id_})"
     with connection.cursor() as cursor:
         for receiver_name, of_receiver in rows.items():
